@@ -1,0 +1,127 @@
+"""Reader for per-class image folders (FER2013 Kaggle images, CK+48, RAF-DB-style).
+
+Two layouts are read, and may be mixed::
+
+    root/train/angry/Training_10118481.jpg      # FER2013 Kaggle: split/class/file
+    root/val/happy/PublicTest_11311174.jpg
+    root/anger/S010_004_00000017.png            # CK+48: class/file, no split
+
+Split folder names map to contract splits (``train``/``training`` -> train,
+``val``/``validation``/``publictest`` -> val, ``test``/``privatetest`` -> test).
+When ``root`` itself is named like a split (``fer2013/val``) its class folders
+get that split. Class folder names map through :func:`contract.canonical_emotion`
+(``angry``/``anger``, ``happy``/``happiness`` ...). Files may sit in sub-folders
+of a class folder.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from components import contract
+from components.quarantine import Quarantine
+from components.readers import _common
+
+# CK+ file names carry the subject: S005_001_00000011.png -> S005.
+DEFAULT_SUBJECT_PATTERN = r"^(S\d+)_\d+"
+
+
+def _class_index(name: str) -> Optional[int]:
+    try:
+        return contract.canonical_emotion(name)
+    except contract.ContractError:
+        return None
+
+
+def _scan(root: pathlib.Path, quarantine: Quarantine
+          ) -> List[Tuple[pathlib.Path, str, str]]:
+    """(class folder, class name, split) for every class folder under ``root``;
+    stray files outside any class folder are quarantined."""
+    root_split = _common.split_name(root.name) or ""
+    folders = []
+
+    def stray(path: pathlib.Path):
+        quarantine.add(path, "no_class_folder",
+                       "file is not inside a class folder (root/<class>/ or root/<split>/<class>/)")
+
+    for entry in sorted(p for p in root.iterdir() if not _common.is_hidden(p)):
+        if entry.is_file():
+            stray(entry)
+        elif _common.split_name(entry.name) and _class_index(entry.name) is None:
+            # root/<split>/<class>/...
+            for sub in sorted(p for p in entry.iterdir() if not _common.is_hidden(p)):
+                if sub.is_dir():
+                    folders.append((sub, sub.name, _common.split_name(entry.name)))
+                else:
+                    stray(sub)
+        elif entry.is_dir():
+            folders.append((entry, entry.name, root_split))
+    return folders
+
+
+def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
+                       label_set: Optional[Sequence] = None,
+                       domain: str = "",
+                       subject_pattern: str = DEFAULT_SUBJECT_PATTERN,
+                       progress: bool = False) -> Iterator[contract.FaceSample]:
+    """Yield one sample per image in per-class folders.
+
+    Args:
+      path: root folder (see the module docstring for the layouts).
+      dataset: dataset name; ``uid`` is ``<dataset>/<path relative to root>``.
+      quarantine: collects rejected files: ``unknown_class`` (each file of a
+        class folder whose name is no known emotion), ``class_not_in_label_set``,
+        ``no_class_folder``, ``unsupported_file`` (not an image),
+        ``empty_file``, ``undecodable_image``.
+      label_set: emotions (names or indices) the dataset labels; default the
+        union of the known classes found in the tree.
+      domain: capture domain (default: the dataset name).
+      subject_pattern: regex whose first group is the subject id, searched in
+        the file stem; files it does not match get subject "".
+      progress: show a tqdm progress bar.
+
+    Raises:
+      EmptySourceError: no usable image at all.
+    """
+    root = _common.require_dir(path, "class_folders")
+    subject_re = re.compile(subject_pattern) if subject_pattern else None
+
+    # Collect the work first: the default label set needs the whole tree.
+    jobs = []  # (file, emotion index, split)
+    found = set()
+    for folder, class_name, split in _scan(root, quarantine):
+        files = _common.list_files(folder)
+        emotion = _class_index(class_name)
+        if emotion is None:
+            for f in files:
+                quarantine.add(f, "unknown_class",
+                               f"class folder {class_name!r} is no known emotion")
+            continue
+        for f in files:
+            if _common.is_image_file(f):
+                jobs.append((f, emotion, split))
+                found.add(emotion)
+            else:
+                quarantine.add(f, "unsupported_file",
+                               f"not an image ({f.suffix or 'no extension'})")
+
+    mask = contract.label_set_mask(label_set if label_set is not None else sorted(found))
+
+    def samples():
+        for f, emotion, split in _common.progress(jobs, progress, desc=f"{dataset} images"):
+            if not mask[emotion]:
+                quarantine.add(f, "class_not_in_label_set",
+                               f"{contract.EMOTIONS[emotion]} is not in the given label set")
+                continue
+            loaded = _common.load_image(f, quarantine)
+            if loaded is None:
+                continue
+            match = subject_re.search(f.stem) if subject_re else None
+            yield contract.FaceSample(
+                image=loaded[0], dataset=dataset, uid=_common.relative_uid(dataset, root, f),
+                emotion=emotion, emotion_mask=mask.copy(), domain=domain, split=split,
+                subject=match.group(1) if match else "")
+
+    return _common.non_empty(samples(), "class_folders", path, quarantine)

@@ -1,0 +1,27 @@
+"""fer-mtl: multi-task facial expression recognition on TensorFlow Extended."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fer-mtl",
+    version="0.1.0",
+    description="Multi-task facial expression recognition pipeline on TFX",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
+                                    "models", "models.*", "kubeflow", "kubeflow.*"]),
+    package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"]},
+    install_requires=[
+        "tfx==1.16.0",
+        "dill",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "pillow",
+        "opencv-python-headless",
+    ],
+    extras_require={
+        "kfp": ["tfx[kfp]==1.16.0"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["fermtl=pipeline.cli:main"]},
+)
