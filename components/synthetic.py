@@ -55,7 +55,7 @@ Domains
     rotation (+-15 deg), scale 0.85-1.1, translation, a little yaw-like
     parallax, background clutter, a lighting gradient, contrast changes,
     gaussian noise, blur and a partial occlusion (sunglasses, hand or bar) in
-    about half the samples. The affine is applied to the geometry before
+    about a third of the samples. The affine is applied to the geometry before
     rasterising, so the landmarks follow the transformed face exactly.
     Occluded landmarks keep their true position.
 
@@ -890,8 +890,8 @@ def render_face(params: SubjectParams, au_intensities, size: int = DEFAULT_SIZE,
     occluder = "none"
     if wild:
         roll = rng.random()
-        occluder = ("sunglasses" if roll < 0.2 else "hand" if roll < 0.38
-                    else "bar" if roll < 0.5 else "none")
+        occluder = ("sunglasses" if roll < 0.12 else "hand" if roll < 0.24
+                    else "bar" if roll < 0.35 else "none")
         occ = rng.uniform(0, 1, 6)
         if occluder == "sunglasses":  # follows the face
             tone = 15 + 50 * occ[0]
@@ -921,19 +921,19 @@ def render_face(params: SubjectParams, au_intensities, size: int = DEFAULT_SIZE,
     canvas.flush()
     image = canvas.image.reduce(canvas.supersample)
     if wild:
-        blur = rng.uniform(-0.4, 0.9) * size / 64
+        blur = rng.uniform(-0.4, 0.8) * size / 64
         if blur > 0.2:
             image = image.filter(ImageFilter.GaussianBlur(blur))
     pixels = np.asarray(image, np.float32)
     if wild:
         direction = rng.uniform(0, 2 * np.pi)
-        strength = rng.uniform(0.1, 0.45)
+        strength = rng.uniform(0.1, 0.4)
         yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
         light = 1.0 + strength * (np.cos(direction) * xx + np.sin(direction) * yy) * 2
         contrast = rng.uniform(0.7, 1.2)
         brightness = rng.uniform(-25.0, 25.0)
         pixels = (pixels * light - 128.0) * contrast + 128.0 + brightness
-        noise_std = rng.uniform(2.0, 8.0)
+        noise_std = rng.uniform(2.0, 6.0)
     else:
         pixels = pixels * rng.uniform(0.97, 1.03)
         noise_std = rng.uniform(1.0, 3.0)
@@ -973,7 +973,8 @@ def generate(n_subjects: int = 20, samples_per_emotion: int = 2,
     """
     emotion_ids = [contract.canonical_emotion(e) if isinstance(e, str) else int(e)
                    for e in emotions]
-    label_set = contract.label_set_mask(contract.EMOTIONS)
+    # The label set of the generated dataset is the emotions it was asked for.
+    label_set = contract.label_set_mask(emotion_ids)
     for domain in domains:
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; known: {DOMAINS}")

@@ -10,7 +10,7 @@ import os
 import sys
 
 # Command modules, in --help order.
-COMMAND_MODULES = ("data", "run")
+COMMAND_MODULES = ("data", "run", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

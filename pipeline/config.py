@@ -11,7 +11,7 @@ train, what a model must reach to be blessed, and where it is pushed.
     evaluation: {min_accuracy: 0.3, max_accuracy_drop: 0.05}
     serving_dir: runs/demo/serving      # Pusher writes <serving_dir>/<model_name>/<version>/
     model_name: fer
-    beam_args: [--direct_running_mode=in_memory, --direct_num_workers=1]
+    beam_args: [--runner=FnApiRunner, --direct_running_mode=in_memory, --direct_num_workers=1]
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ _DEFAULTS: Dict[str, Any] = {
     "evaluation": {"min_accuracy": 0.3, "max_accuracy_drop": 0.05},
     "serving_dir": None,
     "model_name": "fer",
-    "beam_args": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+    # FnApiRunner: Beam 2.74's DirectRunner would first try to download its Prism binary.
+    "beam_args": ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+                  "--direct_num_workers=1"],
 }
 
 

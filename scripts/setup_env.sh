@@ -28,7 +28,7 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv with $py"
   "$py" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade "pip<25" wheel "setuptools<70"
+.venv/bin/python -m pip install -q --upgrade pip wheel setuptools
 echo "setup: installing fer-mtl and the pinned stack (a few minutes on a fresh machine)"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,kfp]"
 touch "$stamp"

@@ -325,7 +325,7 @@ def test_component_runs_in_a_tfx_pipeline_with_statistics_gen(tmp_path):
     n_train, n_eval = props["num_train"].int_value, props["num_eval"].int_value
     assert n_train + n_eval == 50 and n_train > 0 and n_eval > 0
     assert props["num_quarantined"].int_value == 0
-    [report] = store.get_artifacts_by_type("fermtl.QuarantineReport")
+    [report] = store.get_artifacts_by_type("components.QuarantineReport")
     with open(os.path.join(report.uri, "quarantine.json")) as f:
         assert json.load(f)["count"] == 0
     assert report.custom_properties["num_train"].int_value == n_train

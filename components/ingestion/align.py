@@ -423,19 +423,26 @@ class FaceAligner:
             faces = self.detector.detect(gray)
             if not faces:
                 raise NoFaceFound(f"{self.detector.name}: no face in a {w}x{h} image")
-            face = max(faces, key=lambda f: f.area)
-            if isinstance(self.detector, NoDetector):
-                return self.resize(gray, None)
-            eyes = self.detector.locate_eyes(gray, face)
-            if eyes is not None:
-                method = "keypoints" if face.eyes is not None else "eyes"
-            else:
-                x, y, bw, bh = face.box
-                lx, rx, ey = HAAR_BOX_EYES
-                eyes = ((x + lx * bw, y + ey * bh), (x + rx * bw, y + ey * bh))
-                method = "no_eyes_fallback"
+            return self.align_face(gray, max(faces, key=lambda f: f.area))
         pixels, lm, matrix = self.warp(gray, eyes, landmarks)
         return AlignResult(pixels, lm, method, matrix, face)
+
+    def align_face(self, gray: np.ndarray, face: Face) -> AlignResult:
+        """Align one detected ``face`` of ``gray`` (eyes from the detector, else
+        estimated from the box: method ``no_eyes_fallback``)."""
+        gray = _as_gray(gray)
+        if isinstance(self.detector, NoDetector):
+            return self.resize(gray)
+        eyes = self.detector.locate_eyes(gray, face)
+        if eyes is not None:
+            method = "keypoints" if face.eyes is not None else "eyes"
+        else:
+            x, y, bw, bh = face.box
+            lx, rx, ey = HAAR_BOX_EYES
+            eyes = ((x + lx * bw, y + ey * bh), (x + rx * bw, y + ey * bh))
+            method = "no_eyes_fallback"
+        pixels, _, matrix = self.warp(gray, eyes)
+        return AlignResult(pixels, None, method, matrix, face)
 
     # --- sample-level API --------------------------------------------------
     def align(self, sample: contract.FaceSample, aligned: bool = False

@@ -33,8 +33,9 @@ from components.ingestion.spec import DataSpec
 class QuarantineReport(artifact.Artifact):
     """Inputs FaceIngestion rejected, with reasons (``quarantine.json``)."""
 
-    # `<namespace>.<Title>`: the form KFP v2 requires of custom artifact types.
-    TYPE_NAME = "fermtl.QuarantineReport"
+    # KFP v2 requires `<namespace>.<Title>` and its launcher imports the class
+    # from that very path, so the name is where the class can be imported from.
+    TYPE_NAME = "components.QuarantineReport"
 
 
 class FaceIngestionSpec(component_spec.ComponentSpec):

@@ -1,0 +1,485 @@
+"""Multi-dataset network: component CNNs, each pre-trained on its own dataset,
+fine-tuned on the other's and integrated by a weighted sum (after Yang et al.,
+multi-dataset facial expression recognition with center loss and MD loss).
+
+Component CNN ``C_j`` (one per dataset, ``n_components`` = 2)::
+
+    image [B, 48, 48, 1] -> per-image standardisation
+      -> conv1 (k5) + CReLU -> max-pool
+      -> conv2 (k3) + CReLU -> max-pool
+      -> inception module                      (after the 2nd conv)
+      -> conv3 (k3) + CReLU
+      -> conv4 (k3) + CReLU -> max-pool
+      -> conv5 (k3) + CReLU -> max-pool
+      -> FC(fc_units) + ReLU -> dropout -> FC(fc_units) + ReLU    = features f_j
+      -> dropout -> FC(8)                                            = scores C_j
+
+(paper preset: two FC of 2048, dropout 0.65; small preset: far narrower.)
+
+Weighted-sum integration of the component scores::
+
+    S_i = sum_j lambda_j C_{j,i},   lambda = softmax(a)  so  sum_j lambda_j = 1
+
+``a`` is learnable when ``learn_lambda`` is true; otherwise
+``a = log(lambdas)`` is fixed (``lambdas`` renormalised to sum to 1). ``C_{j,i}``
+is taken as component ``j``'s pre-softmax score for emotion ``i``; the
+probabilities are ``softmax(S)`` over the label set seen in training
+(``models.training.LabelSetMask``). The exported ``embedding`` is
+``sum_j lambda_j f_j`` (same lambda).
+
+Loss of a subset ``D`` of samples for scores ``z`` and features ``f``::
+
+    L(D) = CE_mask(z, y)  +  center_weight * L_C(f, y)  +  md_weight * L_MD(f, y)
+
+* ``CE_mask``: masked softmax cross-entropy (logits of emotions outside a
+  sample's ``emotion_mask`` are excluded, so a sample is never penalised on a
+  label its dataset lacks; ``emotion == -1`` contributes nothing);
+* ``L_C`` (Eqs. 1-5): center loss ``1/2 ||f - c_y||^2`` averaged over the
+  subset (``models.losses.CenterLoss`` with ``reduction="mean"``, so the weight
+  does not depend on the batch size), the centres updated by the alpha rule;
+  one centre set per component (each lives in its own feature space);
+* ``L_MD`` (Eqs. 6-9): the MD loss against the ``md_nearest`` (P) nearest
+  other-class centres (``models.losses.md_loss``, ``md_margin_scale``).
+
+Multi-dataset weighted sum (Eq. 10)::
+
+    L = sum_d w_d L(D_d)        (models.losses.multi_dataset_loss, w = dataset_weights)
+
+where ``D_d`` are the samples of dataset ``d`` (``dataset_id``) in the batch.
+
+Training stages (the training model's ``stage``; the train step is traced for
+one stage, so switch with :func:`set_stage`, which also retraces, or let
+:class:`StageSchedule` / :func:`train_stages` do it):
+
+=====  ============  ====================================================  =========
+stage  name          loss                                                  lr
+=====  ============  ====================================================  =========
+0      pretrain      sum_j L_j(D_j): component j on its own dataset j      lr
+1      finetune      sum_j sum_{d != j} w_d L_j(D_d): j on the other's     lr / 10
+2      integrate     Eq. 10 on S (all components and lambda train)        lr / 10
+=====  ============  ====================================================  =========
+
+(``L_j`` uses ``C_j`` and ``f_j``; in stage 2 the centre/MD terms are summed over
+the components' features.) Both components train at the same time in stages 0
+and 1: they share no weight, so this equals training them one after the other.
+
+Interpretation choices:
+
+* Dataset ``d`` belongs to component ``d mod n_components``; samples with
+  ``dataset_id == -1`` count as dataset 0. In a single-dataset run component 1
+  has no own data in stage 0, learns in stage 1 (dataset 0 is "the other's")
+  and ``lambda`` can move weight to component 0 in stage 2.
+* The paper leaves the fine-tune and integration schedule open; the defaults
+  split the epochs of one ``fit`` 60 % / 20 % / 20 % (``stage_fractions``) and
+  use lr x (1, 0.1, 0.1) (``stage_lr_factors``; "fine-tuned with lr/10").
+* The input is standardised per image (``standardize``), and the small preset
+  drops the dropout: both make the tiny CPU configuration learn in a few
+  epochs; the paper preset keeps dropout 0.65.
+* The centre/MD terms of a dataset subset are computed on that subset, so the
+  centres may be updated once per (component, dataset) per step.
+
+Saving: like every ``models.training.LossModel``, the training model
+round-trips through ``save_weights``/``load_weights`` (centres, lambda and the
+stage included; ``load_weights`` also switches to the saved stage); the
+inference model is a plain functional model that round-trips as ``.keras``
+(``CReLU``, ``InceptionModule``, ``WeightedSum``, ``backbones.PerImageStandardization``
+and ``LabelSetMask`` are registered Keras objects).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import contract
+from models.base import Method
+from models import backbones
+from models.ddmtl import optimizer_from_cfg
+from models.training import LabelSetMask, LossModel
+
+NUM_CLASSES = contract.NUM_EMOTIONS
+STAGES = ("pretrain", "finetune", "integrate")
+
+
+# --------------------------------------------------------------------------
+# network
+# --------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="fermtl.multidataset")
+class WeightedSum(keras.layers.Layer):
+    """``S = sum_j lambda_j C_j`` with ``lambda = softmax(a)`` (weighted-sum integration).
+
+    ``a`` (``lambda_logits``) is trainable iff ``learn`` is true; it starts at
+    ``log(init)`` (``init`` renormalised to sum to 1; uniform when None).
+    """
+
+    def __init__(self, num_inputs: int = 2, learn: bool = True,
+                 init: Optional[Sequence[float]] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_inputs = int(num_inputs)
+        self.learn = bool(learn)
+        self.init = None if init is None else [float(v) for v in init]
+        lam = np.full(self.num_inputs, 1.0 / self.num_inputs) if init is None else np.asarray(
+            self.init, np.float64)
+        if lam.shape != (self.num_inputs,) or (lam <= 0).any():
+            raise ValueError(f"lambdas must be {self.num_inputs} positive values, got {init}")
+        lam = lam / lam.sum()
+        self.lambda_logits = self.add_weight(
+            name="lambda_logits", shape=(self.num_inputs,),
+            initializer=keras.initializers.Constant(np.log(lam).astype(np.float32)),
+            trainable=self.learn)
+
+    def lambdas(self):
+        return tf.nn.softmax(tf.convert_to_tensor(self.lambda_logits))
+
+    def call(self, inputs):
+        lam = tf.cast(self.lambdas(), inputs[0].dtype)
+        return tf.add_n([lam[j] * inputs[j] for j in range(self.num_inputs)])
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "num_inputs": self.num_inputs, "learn": self.learn,
+                "init": self.init}
+
+
+def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
+    """Component CNN ``C_index``: ``image -> {"logits", "features"}``."""
+    from models.layers import CReLU, InceptionModule
+
+    s = int(cfg["image_size"])
+    image = keras.Input((s, s, 1), name="image")
+    f = cfg["conv_filters"]
+    k = cfg["conv_kernels"]
+    x = (backbones.PerImageStandardization(name="standardize")(image) if cfg["standardize"]
+         else image)
+    for i in range(5):
+        x = keras.layers.Conv2D(f[i], k[i], padding="same", name=f"conv{i + 1}")(x)
+        x = CReLU(name=f"crelu{i + 1}")(x)
+        if i + 1 in cfg["pool_after"]:
+            x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i + 1}")(x)
+        if i == 1:
+            x = InceptionModule(*cfg["inception"], name="inception")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in range(2):
+        features = keras.layers.Dense(cfg["fc_units"], activation="relu", name=f"fc{i + 1}")(x)
+        x = keras.layers.Dropout(cfg["dropout"], name=f"dropout{i + 1}")(features)
+    logits = keras.layers.Dense(NUM_CLASSES, name="scores")(x)
+    # the centre / MD losses see the FC2 activations before dropout
+    return keras.Model(image, {"logits": logits, "features": features},
+                       name=f"component_{index}")
+
+
+def build_network(cfg: Dict[str, Any]) -> keras.Model:
+    """``image -> {"logits_j", "features_j" (j < n), "logits" (S), "probabilities"}``."""
+    s = int(cfg["image_size"])
+    n = int(cfg["n_components"])
+    image = keras.Input((s, s, 1), name="image")
+    outputs = {}
+    for j in range(n):
+        out = build_component(cfg, j)(image)
+        outputs[f"logits_{j}"] = out["logits"]
+        outputs[f"features_{j}"] = out["features"]
+    scores = WeightedSum(n, cfg["learn_lambda"], cfg["lambdas"], name="integration")(
+        [outputs[f"logits_{j}"] for j in range(n)])
+    outputs["logits"] = scores
+    outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(
+        LabelSetMask(name="label_set")(scores))
+    return keras.Model(image, outputs, name="multidataset_network")
+
+
+# --------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------
+def dataset_groups(dataset_id, n_components: int):
+    """Component that owns each sample: ``dataset_id mod n`` (``-1`` -> 0)."""
+    d = tf.reshape(tf.cast(dataset_id, tf.int64), [-1])
+    return tf.where(d >= 0, tf.math.floormod(d, n_components), tf.zeros_like(d))
+
+
+def _only(emotion, member):
+    """``emotion`` with samples outside ``member`` marked unlabelled (-1): every
+    loss used here ignores them, so this restricts a loss to a subset."""
+    return tf.where(member, emotion, -tf.ones_like(emotion))
+
+
+class MultiDatasetModel(LossModel):
+    """Training model (``models.training.LossModel``): the integrated network
+    ``net``, one :class:`models.losses.CenterLoss` per component, the ``stage``
+    variable and the staged loss (module docstring). Save/restore with
+    ``save_weights``/``load_weights`` (centres and stage are part of the weights)."""
+
+    loss_terms = ("loss", "ce", "center", "md", "accuracy")
+
+    def __init__(self, net: keras.Model, cfg: Dict[str, Any], **kwargs):
+        super().__init__(net, **kwargs)
+        from models.losses import CenterLoss
+
+        self.cfg = dict(cfg)
+        self.n = int(self.cfg["n_components"])
+        self.center_losses = [
+            CenterLoss(NUM_CLASSES, self.cfg["fc_units"], self.cfg["center_alpha"],
+                       reduction="mean", name=f"centers_{j}") for j in range(self.n)]
+        self.stage = self.add_weight(name="stage", shape=(), dtype="int32",
+                                     initializer="zeros", trainable=False)
+        self._stage = 0
+
+    def lambdas(self):
+        """Current integration weights ``lambda`` (they sum to 1)."""
+        return self.net.get_layer("integration").lambdas()
+
+    def _ce(self, logits, emotion, mask, member):
+        """Masked softmax CE of ``logits`` averaged over the samples in ``member``."""
+        from models.baseline import masked_softmax_cross_entropy
+
+        return masked_softmax_cross_entropy(_only(emotion, member), logits, mask)["loss"]
+
+    def _aux(self, j, features, emotion, member, training):
+        """``(L_C, L_MD)`` of component ``j``'s features over ``member`` (0 when
+        empty); with ``training`` the centres of component ``j`` move."""
+        from models.losses import md_loss
+
+        y = _only(emotion, member)
+        layer = self.center_losses[j]
+        feats = tf.cast(features, tf.float32)
+        md = md_loss(feats, y, layer.centers, num_nearest=self.cfg["md_nearest"],
+                     margin_scale=self.cfg["md_margin_scale"])
+        center = layer(feats, y, training=training)    # loss before the alpha update
+        return tf.cast(center, tf.float32), tf.cast(md, tf.float32)
+
+    def stage_loss(self, batch, outputs, stage: int, training: bool = False):
+        """``{"loss", "ce", "center", "md"}`` of stage ``stage`` (a Python int; see
+        the table in the module docstring). With ``training`` the centres move
+        (alpha rule)."""
+        cfg = self.cfg
+        emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
+        mask = batch["emotion_mask"]
+        group = dataset_groups(batch["dataset_id"], self.n)
+        w = [float(v) for v in cfg["dataset_weights"]]
+        ce = center = md = tf.constant(0.0)
+        if stage in (0, 1):
+            for j in range(self.n):
+                for d in range(self.n):
+                    if (stage == 0) != (d == j):   # stage 0: own dataset; 1: the others
+                        continue
+                    scale = 1.0 if stage == 0 else w[d]
+                    member = tf.equal(group, d)
+                    lc, lm = self._aux(j, outputs[f"features_{j}"], emotion, member, training)
+                    ce += scale * self._ce(outputs[f"logits_{j}"], emotion, mask, member)
+                    center += scale * lc
+                    md += scale * lm
+            total = ce + cfg["center_weight"] * center + cfg["md_weight"] * md
+            # lambda is not used before stage 2: give it an explicit zero gradient
+            # (otherwise Keras warns that it has none)
+            total += 0.0 * tf.reduce_sum(tf.convert_to_tensor(
+                self.net.get_layer("integration").lambda_logits))
+        else:
+            from models.losses import multi_dataset_loss
+
+            per_dataset = []
+            for d in range(self.n):
+                member = tf.equal(group, d)
+                c = self._ce(outputs["logits"], emotion, mask, member)     # CE of S
+                lc = lm = tf.constant(0.0)
+                for j in range(self.n):                                   # per component
+                    lcj, lmj = self._aux(j, outputs[f"features_{j}"], emotion, member,
+                                         training)
+                    lc, lm = lc + lcj, lm + lmj
+                per_dataset.append(c + cfg["center_weight"] * lc + cfg["md_weight"] * lm)
+                ce, center, md = ce + w[d] * c, center + w[d] * lc, md + w[d] * lm
+            total = tf.cast(multi_dataset_loss(per_dataset, w), tf.float32)   # Eq. 10
+        return {"loss": total, "ce": ce, "center": center, "md": md}
+
+    @property
+    def current_stage(self) -> int:
+        """The stage the train/test steps are traced for (see :func:`set_stage`)."""
+        return self._stage
+
+    def compute_batch_loss(self, batch, outputs, training):
+        from models.baseline import masked_softmax_cross_entropy
+
+        terms = self.stage_loss(batch, outputs, self._stage, training)
+        terms["accuracy"] = masked_softmax_cross_entropy(
+            batch["emotion"], outputs["logits"], batch["emotion_mask"])["accuracy"]
+        if training:
+            self.net.get_layer("label_set").update(batch["emotion_mask"])
+        return terms
+
+    def load_weights(self, *args, **kwargs):
+        """``keras.Model.load_weights`` that also switches to the saved stage."""
+        out = super().load_weights(*args, **kwargs)
+        set_stage(self, int(np.asarray(self.stage)), lr=False)
+        return out
+
+
+# --------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------
+def set_stage(model: MultiDatasetModel, stage, cfg: Optional[Dict[str, Any]] = None,
+              lr: bool = True) -> None:
+    """Switch ``model`` to ``stage`` (0/1/2 or its name): sets the ``stage``
+    variable (saved with the weights), makes Keras retrace the train/test steps
+    for that stage's loss and, with ``lr``, sets the optimizer's learning rate to
+    ``learning_rate * stage_lr_factors[stage]``."""
+    s = STAGES.index(stage) if isinstance(stage, str) else int(stage)
+    if not 0 <= s < len(STAGES):
+        raise ValueError(f"stage must be one of {STAGES} or 0..2, got {stage!r}")
+    cfg = cfg or model.cfg
+    model.stage.assign(s)
+    if model._stage != s:
+        model._stage = s
+        # the steps are traced for one stage: drop the traced functions (a running
+        # fit picks up the new train function at its next step)
+        if model.train_function is not None:
+            model.make_train_function(force=True)
+        if model.test_function is not None:
+            model.make_test_function(force=True)
+    if lr and getattr(model, "optimizer", None) is not None:
+        model.optimizer.learning_rate.assign(cfg["learning_rate"] * cfg["stage_lr_factors"][s])
+
+
+def stage_epochs(total_epochs: int, fractions: Sequence[float]) -> List[int]:
+    """Epochs per stage for a ``fit`` of ``total_epochs`` (each stage >= 1 epoch
+    when there are at least 3; the last stage takes the remainder)."""
+    total = int(total_epochs)
+    if total < len(fractions):
+        return ([1] * total + [0] * len(fractions))[:len(fractions)]
+    frac = np.asarray(fractions, np.float64) / float(np.sum(fractions))
+    counts = [max(1, int(math.floor(f * total + 0.5))) for f in frac[:-1]]
+    while sum(counts) > total - 1:
+        counts[int(np.argmax(counts))] -= 1
+    return counts + [total - sum(counts)]
+
+
+class StageSchedule(keras.callbacks.Callback):
+    """Walks one ``fit`` through pretrain -> finetune -> integrate: the epochs of
+    the fit are split by ``cfg["stage_fractions"]`` (:func:`stage_epochs`) and each
+    stage sets its lr (:func:`set_stage`)."""
+
+    def __init__(self, cfg: Dict[str, Any]):
+        super().__init__()
+        self.cfg = cfg
+        self.bounds = None
+
+    def stage_of(self, epoch: int) -> int:
+        return min(int(np.searchsorted(self.bounds, epoch, side="right")), len(STAGES) - 1)
+
+    def on_train_begin(self, logs=None):
+        counts = stage_epochs(self.params.get("epochs") or 1, self.cfg["stage_fractions"])
+        self.bounds = np.cumsum(counts)
+        self._fresh = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        stage = self.stage_of(epoch)     # epochs are absolute, so resuming works
+        if self._fresh or self.model.current_stage != stage:
+            set_stage(self.model, stage, self.cfg)
+            self._fresh = False
+
+
+def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (2, 1, 2),
+                 cfg: Optional[Dict[str, Any]] = None, validation_data=None,
+                 verbose: int = 0, **fit_kwargs) -> Dict[str, Any]:
+    """Run the three stages one ``fit`` each (``epochs`` per stage, 0 skips one);
+    returns ``{stage_name: History}``."""
+    histories = {}
+    for s, n_epochs in enumerate(epochs):
+        if not n_epochs:
+            continue
+        set_stage(model, s, cfg)
+        histories[STAGES[s]] = model.fit(train_data, epochs=int(n_epochs),
+                                         validation_data=validation_data, verbose=verbose,
+                                         **fit_kwargs)
+    return histories
+
+
+# --------------------------------------------------------------------------
+# method
+# --------------------------------------------------------------------------
+class MultiDatasetNet(Method):
+    """Two component CNNs integrated by a weighted sum (module docstring)."""
+
+    name = "multidataset"
+    presets = {
+        "small": {
+            "image_size": 48,
+            "standardize": True,
+            "n_components": 2,
+            "conv_filters": [8, 12, 16, 16, 24],
+            "conv_kernels": [5, 3, 3, 3, 3],
+            "pool_after": [1, 2, 4, 5],
+            # filters_1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj
+            "inception": [8, 8, 8, 4, 4, 4],
+            "fc_units": 64,
+            "dropout": 0.0,
+            "learn_lambda": True,
+            "lambdas": None,
+            "center_weight": 0.01,
+            "center_alpha": 0.5,
+            "md_weight": 0.01,
+            "md_nearest": 2,
+            "md_margin_scale": 1.0,
+            "dataset_weights": [0.5, 0.5],
+            "stage_fractions": [0.6, 0.2, 0.2],
+            "stage_lr_factors": [1.0, 0.1, 0.1],
+            "optimizer": "adam",
+            "learning_rate": 2e-3,
+            "momentum": 0.9,
+            "batch_size": 16,
+        },
+        "paper": {
+            "image_size": 48,
+            "standardize": True,
+            "n_components": 2,
+            "conv_filters": [32, 64, 96, 128, 128],
+            "conv_kernels": [5, 3, 3, 3, 3],
+            "pool_after": [1, 2, 4, 5],
+            "inception": [64, 96, 128, 16, 32, 32],
+            "fc_units": 2048,
+            "dropout": 0.65,
+            "learn_lambda": True,
+            "lambdas": None,
+            "center_weight": 0.01,
+            "center_alpha": 0.5,
+            "md_weight": 0.01,
+            "md_nearest": 2,
+            "md_margin_scale": 1.0,
+            "dataset_weights": [0.5, 0.5],
+            "stage_fractions": [0.6, 0.2, 0.2],
+            "stage_lr_factors": [1.0, 0.1, 0.1],
+            "optimizer": "sgd",
+            "learning_rate": 0.01,
+            "momentum": 0.9,
+            "batch_size": 128,
+        },
+    }
+
+    def config(self, preset: str = "small", **overrides) -> Dict[str, Any]:
+        cfg = super().config(preset, **overrides)
+        n = int(cfg["n_components"])
+        if len(cfg["dataset_weights"]) != n:
+            cfg["dataset_weights"] = [1.0 / n] * n
+        return cfg
+
+    def build(self, cfg: Dict[str, Any]) -> keras.Model:
+        model = MultiDatasetModel(build_network(cfg), cfg, name="multidataset")
+        model.compile(optimizer=optimizer_from_cfg(cfg), jit_compile=False)
+        # create the optimizer slots now, eagerly: created inside the first traced
+        # train step they make TF trace it twice
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
+        """``image -> {"probabilities", "embedding"}``; the embedding is the
+        lambda-weighted sum of the components' features."""
+        net = model.net
+        feats = [net.output[f"features_{j}"] for j in range(int(cfg["n_components"]))]
+        emb = net.get_layer("integration")(feats)     # same lambda as the scores
+        return keras.Model(net.inputs, {"probabilities": net.output["probabilities"],
+                                        "embedding": emb}, name="multidataset_inference")
+
+    def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
+        return [StageSchedule(cfg)]

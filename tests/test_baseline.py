@@ -1,0 +1,168 @@
+"""Single-task baseline (models/baseline.py) and the shared training loop
+(models/training.py): masked softmax, learning on held-out synthetic
+subjects, save/load, export, checkpoint resume, evaluate. CPU, small preset.
+
+One baseline is trained per module (fixture ``trained``) and shared.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import contract
+from models import baseline, preprocessing, training
+from tests.method_helpers import chance, synthetic_split
+
+SIZE = 48
+EPOCHS = 8
+BATCH = 16
+# Shared with tests/test_sjmt.py (same lru_cache entry when run together).
+SPLIT = dict(n_train=40, n_test=8, size=SIZE, domains=("lab", "wild"), samples_per_emotion=1)
+
+
+@pytest.fixture(scope="module")
+def split():
+    train, test = synthetic_split(**SPLIT)
+    return train, [s for s in test if s.domain == "lab"]
+
+
+@pytest.fixture(scope="module")
+def trained(split, tmp_path_factory):
+    ckpt = str(tmp_path_factory.mktemp("baseline_ckpt"))
+    result = training.train("baseline", split[0], preset="small", epochs=EPOCHS,
+                            batch_size=BATCH, seed=0, checkpoint_dir=ckpt)
+    return result + (ckpt,)
+
+
+def _images(samples):
+    return preprocessing.decode_image(tf.constant([s.image for s in samples]), SIZE)
+
+
+# --------------------------------------------------------------------------- #
+# unit tests (no training)
+# --------------------------------------------------------------------------- #
+def test_masked_softmax_ignores_labels_outside_the_label_set():
+    logits = tf.Variable(tf.random.stateless_normal([3, 8], seed=[1, 2]))
+    emotion = tf.constant([3, 0, -1], tf.int64)
+    mask = np.zeros((3, 8), np.float32)
+    mask[0, :7] = 1  # a 7-class dataset
+    mask[1, [0, 3, 5]] = 1  # a 3-class dataset
+    with tf.GradientTape() as tape:
+        out = baseline.masked_softmax_cross_entropy(emotion, logits, mask)
+    grad = tape.gradient(out["loss"], logits).numpy()
+    # Logits outside a sample's label set, and the unlabelled sample, get no gradient.
+    assert (grad[mask == 0] == 0).all()
+    assert (grad[2] == 0).all()
+    # The loss is the mean CE of the two labelled samples over their label sets.
+    z = logits.numpy()
+    ref = [-np.log(np.exp(z[0, 3]) / np.exp(z[0, :7]).sum()),
+           -np.log(np.exp(z[1, 0]) / np.exp(z[1, [0, 3, 5]]).sum())]
+    np.testing.assert_allclose(out["loss"].numpy(), np.mean(ref), rtol=1e-5)
+
+
+def test_label_set_mask_restricts_inference_to_seen_labels():
+    layer = training.LabelSetMask(8, fill=-1e9)
+    x = tf.ones([2, 8])
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())  # nothing seen yet
+    layer.update(tf.constant([[1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]], tf.float32))
+    out = layer(x).numpy()
+    assert (out[:, :3] == 1).all() and (out[:, 3:] == -1e9).all()
+
+
+def test_random_pad_crop_is_an_integer_shift():
+    x = tf.reshape(tf.range(2 * 6 * 6, dtype=tf.float32), [2, 6, 6, 1]) + 1.0
+    y = training.random_pad_crop(x, 2).numpy()
+    padded = np.pad(x.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
+    for i in range(2):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if np.array_equal(padded[i, dy:dy + 6, dx:dx + 6], y[i])]
+        assert hits
+
+
+# --------------------------------------------------------------------------- #
+# trained model
+# --------------------------------------------------------------------------- #
+def test_fit_learns_and_beats_chance_on_held_out_subjects(trained, split):
+    method, model, cfg, history, _ = trained
+    loss = history.history["loss"]
+    assert loss[-1] < 0.8 * loss[0]
+    result = training.evaluate(method, model, cfg, split[1])
+    assert result["num_examples"] == len(split[1])
+    assert result["accuracy"] > 2 * chance(), result
+    # evaluate's bookkeeping
+    conf = np.asarray(result["confusion_matrix"])
+    assert conf.shape == (8, 8) and conf.sum() == len(split[1])
+    assert result["per_class_recall"]["contempt"] is None
+    assert np.isclose(result["accuracy"], np.trace(conf) / conf.sum())
+    # The synthetic datasets' label set is all 8 emotions: so is the union learned.
+    seen = model.net.get_layer("label_set").label_set.numpy()
+    np.testing.assert_array_equal(seen, np.ones(8))
+
+
+def test_save_load_identical_predictions(trained, split, tmp_path):
+    method, model, cfg, _, _ = trained
+    x = _images(split[1][:6])
+    infer = method.inference_model(model, cfg)
+    ref = {k: np.asarray(v) for k, v in infer(x).items()}
+    np.testing.assert_allclose(ref["probabilities"].sum(-1), 1.0, atol=1e-5)
+    path = str(tmp_path / "baseline.keras")
+    infer.save(path)
+    loaded = keras.models.load_model(path)
+    got = loaded(x)
+    for k in ref:
+        np.testing.assert_array_equal(np.asarray(got[k]), ref[k])
+    wpath = str(tmp_path / "baseline.weights.h5")
+    model.save_weights(wpath)
+    fresh = method.build(cfg)
+    fresh.load_weights(wpath)
+    np.testing.assert_array_equal(
+        np.asarray(method.inference_model(fresh, cfg)(x)["probabilities"]), ref["probabilities"])
+
+
+def test_exported_signature_answers_raw_images(trained, split, tmp_path):
+    from models import export
+
+    method, model, cfg, _, _ = trained
+    samples = split[1][:4]
+    out = export.load_and_predict(
+        export.export_saved_model(method, model, cfg, str(tmp_path / "1")),
+        [s.image for s in samples])
+    ref = np.asarray(method.inference_model(model, cfg)(_images(samples))["probabilities"])
+    np.testing.assert_allclose(out["probabilities"], ref, atol=1e-5)
+    assert out["label"] == [contract.EMOTIONS[i] for i in ref.argmax(-1)]
+
+
+def test_checkpoint_resume_continues(trained, split, tmp_path):
+    method, model, cfg, _, ckpt = trained
+    done, path = training.latest_checkpoint(ckpt)
+    assert done == EPOCHS and os.path.exists(path)
+    assert len([f for f in os.listdir(ckpt) if f.endswith(".weights.h5")]) == 3  # max_to_keep
+    steps = len(split[0]) // BATCH
+    assert int(model.optimizer.iterations.numpy()) == EPOCHS * steps
+    # A second call resumes from epoch EPOCHS: one more epoch, optimizer state
+    # kept. It reads the same samples from a GZIP TFRecord file (compression
+    # detected from ".gz", dataset names scanned from the file).
+    path = str(tmp_path / "train.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for s in split[0]:
+            w.write(s.serialize())
+    _, resumed, rcfg, history = training.train("baseline", path, preset="small",
+                                               epochs=EPOCHS + 1, batch_size=BATCH, seed=0,
+                                               checkpoint_dir=ckpt)
+    assert rcfg["datasets"] == cfg["datasets"] == ["synth_lab", "synth_wild"]
+    assert len(history.history["loss"]) == 1
+    assert int(resumed.optimizer.iterations.numpy()) == (EPOCHS + 1) * steps
+    # Asking for epochs already done trains nothing and returns the checkpoint.
+    _, again, _, history = training.train("baseline", split[0], preset="small",
+                                          epochs=EPOCHS + 1, batch_size=BATCH,
+                                          checkpoint_dir=ckpt)
+    assert history.history == {}
+    x = _images(split[1][:3])
+    np.testing.assert_array_equal(
+        np.asarray(method.inference_model(again, cfg)(x)["probabilities"]),
+        np.asarray(method.inference_model(resumed, cfg)(x)["probabilities"]))

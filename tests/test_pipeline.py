@@ -1,0 +1,153 @@
+"""End-to-end TFX pipeline on tiny synthetic data (LocalDagRunner, Beam DirectRunner).
+
+One module-scoped run serves several assertions; the rerun, the untrained model
+and the anomaly each add one more (cached or short) run.
+"""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+
+pytestmark = pytest.mark.timeout(600)
+
+TINY_DATA = {
+    "sources": [{"reader": "synthetic", "dataset": "synth", "aligned": True,
+                 "options": {"n_subjects": 16, "samples_per_emotion": 2, "size": 48,
+                             "seed": 3, "domains": ["lab", "wild"]}}],
+    "split": {"eval_fraction": 0.3, "seed": 1},
+    "image_size": 48,
+    "detector": "none",
+}
+
+
+def _config(root, **overrides):
+    raw = {"name": "fermtl-test", "pipeline_root": str(root), "data": TINY_DATA,
+           "method": {"name": "baseline", "preset": "small", "overrides": {}},
+           "train": {"epochs": 20, "batch_size": 32},
+           # chance is 1/8: an untrained model predicting one class scores 0.125.
+           "evaluation": {"min_accuracy": 0.22, "max_accuracy_drop": 0.5},
+           "model_name": "fer"}
+    for key, value in overrides.items():
+        raw[key] = value
+    return load_config(raw=raw)
+
+
+def _executions(root):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = os.path.join(root, "metadata.sqlite")
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(cfg).get_executions()
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    from pipeline.pipeline import run_local
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = _config(root)
+    run_local(config)
+    return config
+
+
+def test_every_artifact_and_the_blessing(good_run):
+    root = good_run.pipeline_root
+    for component, output in [("FaceIngestion", "examples"), ("StatisticsGen", "statistics"),
+                              ("ImportSchemaGen", "schema"), ("ExampleValidator", "anomalies"),
+                              ("Transform", "transform_graph"), ("Trainer", "model"),
+                              ("Evaluator", "evaluation"), ("Evaluator", "blessing"),
+                              ("Pusher", "pushed_model")]:
+        assert glob.glob(os.path.join(root, component, output, "*")), (component, output)
+    for split in ("train", "eval"):
+        assert glob.glob(os.path.join(root, "FaceIngestion", "examples", "*",
+                                      f"Split-{split}", "*.gz"))
+    blessing = glob.glob(os.path.join(root, "Evaluator", "blessing", "*"))[0]
+    assert os.path.exists(os.path.join(blessing, "BLESSED"))
+    versions = glob.glob(os.path.join(good_run.push_dir, "*", "saved_model.pb"))
+    assert len(versions) == 1, "Pusher writes <serving_dir>/<model>/<version>/"
+
+
+def test_pushed_model_serves_raw_images_and_examples(good_run):
+    import tensorflow as tf
+
+    from components import contract, synthetic
+
+    version = glob.glob(os.path.join(good_run.push_dir, "*"))[0]
+    loaded = tf.saved_model.load(version)
+    samples = list(synthetic.generate(n_subjects=1, samples_per_emotion=1, domains=("lab",),
+                                      size=64, seed=9))[:4]
+    images = tf.constant([s.image for s in samples])
+    out = loaded.signatures["serving_default"](images)
+    probs = out["probabilities"].numpy()
+    assert probs.shape == (4, contract.NUM_EMOTIONS)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    out2 = loaded.signatures["serving_examples"](tf.constant([s.serialize() for s in samples]))
+    np.testing.assert_allclose(out2["probabilities"].numpy(), probs, atol=1e-5)
+
+
+def test_report_has_slices_and_plots(good_run, tmp_path):
+    from pipeline.report import write_report
+
+    path = write_report(good_run.pipeline_root, str(tmp_path))
+    text = open(path).read()
+    assert "BLESSED" in text and "NOT BLESSED" not in text
+    for slice_name in ("overall", "emotion=happiness", "dataset=synth_lab", "domain=wild"):
+        assert slice_name in text
+    for png in ("per_class_accuracy.png", "confusion_matrix.png"):
+        assert os.path.getsize(os.path.join(tmp_path, png)) > 1000
+
+
+def test_rerun_hits_the_cache(good_run):
+    from pipeline.pipeline import run_local
+
+    before = len(_executions(good_run.pipeline_root))
+    run_local(good_run)
+    from ml_metadata.proto import metadata_store_pb2
+
+    new = _executions(good_run.pipeline_root)[before:]
+    cached = [e for e in new if e.last_known_state == metadata_store_pb2.Execution.CACHED]
+    # Ingestion .. Trainer are cached; the Evaluator runs again because its
+    # baseline (the latest blessed model) is new since the first run.
+    assert len(cached) >= 7, [(e.type_id, e.last_known_state) for e in new]
+
+
+def test_untrained_model_is_not_blessed_nor_pushed(good_run):
+    from pipeline.pipeline import run_local
+    from pipeline.report import latest_push
+
+    bad = _config(good_run.pipeline_root, train={"epochs": 0, "batch_size": 32})
+    pushed_before = glob.glob(os.path.join(bad.push_dir, "*", "saved_model.pb"))
+    run_local(bad)
+    blessings = sorted(glob.glob(os.path.join(bad.pipeline_root, "Evaluator", "blessing", "*")),
+                       key=lambda p: int(os.path.basename(p)))
+    assert os.path.exists(os.path.join(blessings[-1], "NOT_BLESSED"))
+    assert not latest_push(bad.metadata_path)["pushed"]
+    assert glob.glob(os.path.join(bad.push_dir, "*", "saved_model.pb")) == pushed_before
+
+
+def test_anomaly_stops_the_run(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from pipeline import schema as contract_schema
+    from pipeline.pipeline import create_pipeline
+    from tfx import v1 as tfx
+
+    # A schema that allows only 3 emotion classes: the synthetic data has 8.
+    schema = contract_schema.contract_schema()
+    for feature in schema.feature:
+        if feature.name == "emotion":
+            feature.int_domain.CopyFrom(schema_pb2.IntDomain(min=-1, max=2))
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(text_format.MessageToString(schema))
+    config = _config(tmp_path / "root")
+    with pytest.raises(Exception) as err:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, schema_path=str(path)))
+    assert "emotion" in str(err.value) and "schema" in str(err.value)
+    assert not glob.glob(os.path.join(config.pipeline_root, "Trainer", "model", "*"))
