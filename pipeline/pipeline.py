@@ -63,6 +63,8 @@ def eval_config(config: RunConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 binarize=tfma.BinarizationOptions(class_ids={"values": list(range(
                     contract.NUM_EMOTIONS))}),
+                # One-vs-rest at probability 0.5; the report adds argmax-based
+                # per-class precision / recall from the confusion matrix.
                 metrics=[tfma.MetricConfig(class_name="Precision"),
                          tfma.MetricConfig(class_name="Recall"),
                          tfma.MetricConfig(class_name="AUC")]),

@@ -62,8 +62,8 @@ def metric_rows(eval_result) -> List[Dict]:
         for _, sub_keys in outputs.items():
             for sub_key, metrics in sub_keys.items():
                 cls = ""
-                if sub_key.startswith("classId:"):
-                    cls = contract.EMOTIONS[int(sub_key.split(":")[1])]
+                if sub_key.startswith("classId:"):  # "classId:3" (maybe " topK:1" after)
+                    cls = contract.EMOTIONS[int(sub_key.split(":")[1].split()[0])]
                 for name, raw in metrics.items():
                     value = _value(raw)
                     if value is not None:
@@ -155,6 +155,24 @@ def _table(rows: List[Dict], metrics: Tuple[str, ...]) -> List[str]:
     return lines
 
 
+def argmax_class_rows(mat: np.ndarray) -> List[Dict]:
+    """Argmax-based per-class precision and recall (overall) from the confusion
+    matrix; recall of a class equals the accuracy on its ``emotion=`` slice."""
+    rows = []
+    for c, name in enumerate(contract.EMOTIONS):
+        support, predicted = mat[c].sum(), mat[:, c].sum()
+        if support == 0 and predicted == 0:
+            continue
+        rows.append({"slice": "overall", "class": name, "metric": "support", "value": support})
+        if predicted:
+            rows.append({"slice": "overall", "class": name, "metric": "precision_argmax",
+                         "value": mat[c, c] / predicted})
+        if support:
+            rows.append({"slice": "overall", "class": name, "metric": "recall_argmax",
+                         "value": mat[c, c] / support})
+    return rows
+
+
 def _class_table(rows: List[Dict]) -> List[str]:
     per: Dict[str, Dict[str, float]] = {}
     for r in rows:
@@ -162,12 +180,14 @@ def _class_table(rows: List[Dict]) -> List[str]:
             per.setdefault(r["class"], {})[r["metric"]] = r["value"]
     if not per:
         return []
-    metrics = sorted({m for v in per.values() for m in v})
+    metrics = [m for m in ("support", "precision_argmax", "recall_argmax", "auc",
+                           "precision", "recall") if any(m in v for v in per.values())]
     lines = ["| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for cls in contract.EMOTIONS:
         if cls in per:
             lines.append(f"| {cls} | " + " | ".join(
-                f"{per[cls].get(m, float('nan')):.3f}" for m in metrics) + " |")
+                f"{per[cls].get(m, float('nan')):.3f}" if m != "support"
+                else f"{int(per[cls].get(m, 0))}" for m in metrics) + " |")
     return lines
 
 
@@ -182,6 +202,9 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     result = tfma.load_eval_result(found["evaluation"])
     rows = metric_rows(result)
+    mat = confusion_matrix(result)
+    if mat is not None:
+        rows += argmax_class_rows(mat)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(rows, f, indent=1)
 
@@ -209,11 +232,13 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     lines += _table(rows, ("example_count", "sparse_categorical_accuracy"))
     cls_lines = _class_table(rows)
     if cls_lines:
-        lines += ["", "## Per-class precision / recall / AUC (overall)", ""] + cls_lines
+        lines += ["", "## Per-class metrics (overall)", "",
+                  "`*_argmax`: the class is predicted when it is the argmax (from the "
+                  "confusion matrix); `precision` / `recall`: TFMA one-vs-rest at "
+                  "probability 0.5; `auc`: TFMA one-vs-rest ROC AUC.", ""] + cls_lines
     bar = plot_per_class_accuracy(rows, os.path.join(out_dir, "per_class_accuracy.png"))
     if bar:
         lines += ["", "![per-class accuracy](per_class_accuracy.png)"]
-    mat = confusion_matrix(result)
     if mat is not None and mat.sum() > 0:
         plot_confusion(mat, os.path.join(out_dir, "confusion_matrix.png"))
         lines += ["", "![confusion matrix](confusion_matrix.png)"]

@@ -101,6 +101,16 @@ def test_report_has_slices_and_plots(good_run, tmp_path):
         assert slice_name in text
     for png in ("per_class_accuracy.png", "confusion_matrix.png"):
         assert os.path.getsize(os.path.join(tmp_path, png)) > 1000
+    # Per-class recall (argmax-based) equals the accuracy on that class's slice.
+    import json
+
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    recall = {r["class"]: r["value"] for r in rows
+              if r["slice"] == "overall" and r["metric"] == "recall_argmax"}
+    per_slice = {r["slice"][len("emotion="):]: r["value"] for r in rows
+                 if r["slice"].startswith("emotion=") and r["metric"] ==
+                 "sparse_categorical_accuracy"}
+    assert per_slice and all(abs(recall[c] - v) < 1e-6 for c, v in per_slice.items())
 
 
 def test_rerun_hits_the_cache(good_run):
@@ -151,3 +161,36 @@ def test_anomaly_stops_the_run(tmp_path):
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, schema_path=str(path)))
     assert "emotion" in str(err.value) and "schema" in str(err.value)
     assert not glob.glob(os.path.join(config.pipeline_root, "Trainer", "model", "*"))
+
+
+@pytest.mark.parametrize("method_name", ["sjmt", "ddmtl", "multidataset", "fersnet",
+                                         "tracenorm"])
+def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp_path):
+    """The Trainer's run_fn on the run's Transform output, for every other method
+    (a few steps each): what `fermtl run --method NAME` executes."""
+    import tensorflow as tf
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from models import trainer_module
+    from models.registry import get_method
+
+    root = good_run.pipeline_root
+    transformed = glob.glob(os.path.join(root, "Transform", "transformed_examples", "*"))[0]
+    graph = glob.glob(os.path.join(root, "Transform", "transform_graph", "*"))[0]
+    cfg = get_method(method_name).config("small", image_size=48)
+    cfg["datasets"] = ["synth_lab", "synth_wild"]
+    serving_dir = str(tmp_path / "serving")
+    trainer_module.run_fn(FnArgs(
+        train_files=[os.path.join(transformed, "Split-train", "*")],
+        eval_files=[os.path.join(transformed, "Split-eval", "*")],
+        train_steps=2, eval_steps=1, transform_output=graph,
+        serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
+        custom_config={"method": cfg, "epochs": 1, "batch_size": 16}))
+    loaded = tf.saved_model.load(serving_dir)
+    from components import synthetic
+
+    images = [s.image for s in synthetic.generate(n_subjects=1, samples_per_emotion=1,
+                                                  domains=("wild",), size=64, seed=5)][:3]
+    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert out["probabilities"].shape == (3, 8)
+    assert os.path.exists(tmp_path / "run" / "history.json")

@@ -1,0 +1,995 @@
+"""FERSNet: joint facial expression recognition and synthesis with selective
+feature sharing (ConvFLU).
+
+Paper relied on: R. Zhao, T. Liu, J. Xiao, D. P. K. Lun, K.-M. Lam, "Deep
+Multi-task Learning for Facial Expression Recognition and Synthesis Based on
+Selective Feature Sharing", ICPR 2020 (arXiv:2007.04514).  The ConvFLU unit
+itself (its Eqs 1-4) lives in :mod:`models.layers.convflu`.  We had no copy of
+the paper offline, so the loss terms below are cited by name, in the order
+of the paper's total objective, rather than by equation number:
+
+    L = L_cls + lambda1 L_GAN + lambda2 L_rec + lambda3 L_cyc + lambda4 L_idt      (total)
+
+    lambda1 = 0.3, lambda2 = 1, lambda3 = 0.5, lambda4 ramps 0.1 -> 0.5 (callback)
+
+Architecture (``F = cfg["filters"]``, four entries, ``S = image_size``)::
+
+    image x [B,S,S,1]
+     |- recognition stream  rec_b{k}: 2 x (conv3x3-BN-ReLU) + maxpool2, k = 1..4
+     |- synthesis  stream   syn_b{k}: same blocks (own weights)
+     |  after block k:  (f_x, f_y) <- ConvFLUTransfer_k([f_x, f_y])   (transfer{k})
+     |- classifier  f_x4 -> Flatten -> FC(fc_units)+BN+ReLU -> Dropout -> FC(8) = logits
+     |- label transformer  one-hot(t) -> FC -> 1x1 map -> 2 transposed convs ->
+     |                     [S/16, S/16, label_channels], concatenated to f_y4
+     |- decoder  4 x (ConvTranspose 2x2/2 -BN-ReLU + conv3x3-BN-ReLU) -> conv3x3 + sigmoid
+     |           = G(x, t) in [0, 1]
+    discriminator D(img, t): PatchGAN (conv4x4/2 + LeakyReLU)^n -> conv3x3 -> patch logits,
+                             the one-hot target tiled as extra input channels.
+
+Loss terms of one batch (per-sample means; ``c_x`` = source expression):
+
+* ``L_cls``: masked softmax cross-entropy of the recognition logits (logits of
+  emotions outside the sample's ``emotion_mask`` excluded; unlabelled samples
+  contribute 0).
+* ``L_GAN``: conditional adversarial loss, generator side
+  ``-log sigmoid D(G(x,t), t)`` ("bce") or ``(D(G(x,t),t) - 1)^2`` ("lsgan");
+  the discriminator is trained on ``D(x, c_x)`` (real, labelled samples only)
+  vs ``D(G(x,t), t)`` (fake) with its own optimizer in the same step.
+* ``L_rec``: ``|G(x, t) - x_t|_1`` where ``x_t`` is a *same-subject* image with
+  expression ``t`` taken from the batch (:func:`pair_targets`); samples
+  without such a partner have no ``L_rec`` (only GAN + cycle (+identity)).
+* ``L_cyc``: ``|G(G(x, t), c_x) - x|_1``.
+* ``L_idt``: ``1 - cos(e(G(x, t)), e(x))`` with ``e`` a frozen face-identity
+  embedding (:mod:`models.face_embedding`; see "Identity network" below).
+
+Interpretation choices (the paper leaves these open or cannot be reproduced):
+
+* **Target selection** (:func:`pair_targets`): for each sample, when the
+  batch holds another labelled sample of the same ``subject_id`` (>= 0) the
+  target is the expression of one such partner drawn at random and
+  ``x_t`` is that partner (``pair_mask`` 1) -- with probability
+  ``pair_prob``; otherwise a random expression of the sample's label set
+  (restricted to the expressions seen in training so far, and different from
+  ``c_x`` where possible) with ``pair_mask`` 0.
+* **Source expression** ``c_x`` of unlabelled samples (``emotion == -1``) is
+  the recognition stream's prediction (no gradient); their real image does not
+  enter the discriminator.
+* **BatchNorm** statistics are only accumulated on real images: the moving
+  averages are restored after the cycle pass on synthesized images.
+* **Identity network**: the paper's pre-trained Light CNN cannot be
+  downloaded; we use :mod:`models.face_embedding`, a small CNN trained by this
+  project to classify subject identity (``train_face_embedding``), loaded
+  frozen from ``face_embedding_weights``.  Choice when no weights are given:
+  ``L_idt`` is **disabled with a logged warning** (we do not train an
+  embedding on the fly: the training batches' subjects are too few and it
+  would make ``build`` depend on data).  For real data, train the embedding on
+  an identity-labelled set (see ``models/face_embedding.py``).
+* **Augmentation** (:meth:`FERSNet.augment`): the paper's "crop 96x96 from
+  110x110, random mirror, rotation +-15 deg in 5 deg steps".  Serving feeds
+  whole ``S x S`` faces without a crop, so the crop is implemented as a random
+  *translation* of up to ``(crop_from - S) / 2`` pixels at scale 1 (its
+  centre crop is the identity); rotation angles are multiples of
+  ``rotation_step`` in ``[-max_rotation, max_rotation]``.  All samples of the
+  same subject in a batch get the *same* transform so that ``L_rec``'s pairs
+  stay aligned.  Landmarks are not moved (FERSNet does not use them).
+* **FES augmentation** (the paper's synthesis-based data augmentation): after training,
+  :func:`synthesize_balanced` renders every other expression of the label set
+  for each labelled training face (so each class then counts exactly one
+  image per face: balanced) and :func:`fine_tune_with_fes` fine-tunes the
+  recognition stream (``rec_*`` blocks + classifier; transfers and synthesis
+  stream frozen) on real + synthesized faces with ``L_cls`` only.  Config flag
+  ``fes_augment`` tells a trainer to do it (:meth:`FERSNet.post_fit`, which
+  needs the training samples as contract ``FaceSample`` objects).
+* **Exported ``synthesize`` signature** takes *float* images ``[B,S,S,1]`` in
+  [0, 1] (already decoded, like the inference model) and ``target`` int64
+  ``[B]`` (index into ``contract.EMOTIONS``) and returns ``{"image":
+  [B,S,S,1]}`` in [0, 1].
+* **Classifier**: the first FC layer is followed by batch normalization
+  (``fc_batchnorm``; not stated in the paper, it speeds up training of the
+  small preset noticeably).
+* **Small preset**: 64 x 64 input (at 48 x 48 the synthetic faces' expression
+  cues are a few pixels and nothing generalises to new subjects within a few
+  epochs), filters 12-24-32-48 (8-16-24-32 learnt about half as fast),
+  random mirror only (shift and rotation slow down learning on ~200 faces;
+  set ``crop_from`` / ``max_rotation`` to turn them on), batch 16 (twice the
+  updates of batch 32 for the same compute; held-out accuracy after 9
+  epochs went from ~0.35-0.55 to ~0.6).
+* **What to expect from the small preset**: after the few CPU epochs of the
+  tests, recognition generalises to new synthetic subjects (~0.4-0.6
+  accuracy on 7 classes), but synthesized faces are still blurry and only
+  weakly target-specific (a frozen classifier's p(target) rises on average,
+  mostly because the blur lowers its confidence in the source expression).
+  Faithful synthesis needs the paper preset and GPU-scale training.
+* Optimizers: Adam (beta_1 0.5) for generator+recognizer and for the
+  discriminator (:class:`FusedAdam`, Keras Adam maths in one op per
+  variable); learning rates are ours.  Batch normalization of the conv
+  layers uses :class:`FusedBatchNorm` (Keras BN maths, TF's fused kernel).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import contract
+from models.base import Method
+from models.layers.convflu import ConvFLUTransfer
+from models.training import LabelSetMask, masked_mean, replica_scaled
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = contract.NUM_EMOTIONS
+_NEG = -1e9
+
+__all__ = [
+    "FERSNet",
+    "FERSNetModel",
+    "IdentityLambdaRamp",
+    "pair_targets",
+    "augment_batch",
+    "gate_maps",
+    "synthesize",
+    "synthesize_balanced",
+    "fine_tune_with_fes",
+]
+
+
+# --------------------------------------------------------------------------- #
+# networks
+# --------------------------------------------------------------------------- #
+@keras.saving.register_keras_serializable(package="fermtl.fersnet")
+class FusedBatchNorm(keras.layers.Layer):
+    """Batch normalization of NHWC feature maps with TensorFlow's fused kernel.
+
+    Same maths and variables (``gamma`` when ``scale``, ``beta``,
+    ``moving_mean``, ``moving_variance``; moving averages with ``momentum``)
+    as ``keras.layers.BatchNormalization(axis=-1)``, but one
+    ``FusedBatchNormV3`` op forward and one backward instead of ~10
+    element-wise ops each: on CPU the Keras layer cost FERSNet about 3x the
+    convolution next to it (2 streams x 2 passes of full-resolution maps).
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, scale: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.scale = bool(scale)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = (self.add_weight(name="gamma", shape=(c,), initializer="ones")
+                      if self.scale else None)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+        # "mean": under MirroredStrategy each replica's update is averaged.
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(c,),
+                                           initializer="zeros", trainable=False,
+                                           aggregation="mean")
+        self.moving_variance = self.add_weight(name="moving_variance", shape=(c,),
+                                               initializer="ones", trainable=False,
+                                               aggregation="mean")
+
+    def call(self, x, training=False):
+        x = tf.convert_to_tensor(x)
+        beta = tf.convert_to_tensor(self.beta)
+        gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones_like(beta)
+        if training:
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True)
+            # The fused kernel returns the unbiased (n / (n - 1)) batch variance;
+            # Keras BN's moving variance tracks the biased one.
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], var.dtype)
+            var = var * (n - 1.0) / tf.maximum(n, 1.0)
+            m = self.momentum
+            self.moving_mean.assign(tf.convert_to_tensor(self.moving_mean) * m + mean * (1 - m))
+            self.moving_variance.assign(
+                tf.convert_to_tensor(self.moving_variance) * m + var * (1 - m))
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, mean=tf.convert_to_tensor(self.moving_mean),
+            variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon,
+            is_training=False)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
+                "scale": self.scale}
+
+
+def _conv_bn_relu(x, filters, name, momentum):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                            kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = FusedBatchNorm(momentum=momentum, scale=False, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _block(x, filters, name, momentum):
+    x = _conv_bn_relu(x, filters, f"{name}_1", momentum)
+    x = _conv_bn_relu(x, filters, f"{name}_2", momentum)
+    return keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+
+
+def _bottleneck(cfg) -> int:
+    size = int(cfg["image_size"])
+    if size % 16:
+        raise ValueError(f"fersnet: image_size must be a multiple of 16, got {size}")
+    return size // 16
+
+
+def build_encoder(cfg: Dict[str, Any]) -> keras.Model:
+    """Both encoder streams with a ConvFLU transfer after each block:
+    image -> ``[f_x4, f_y4]`` (recognition, synthesis features)."""
+    if len(cfg["filters"]) != 4:
+        raise ValueError("fersnet: filters must have 4 entries (4 encoder blocks)")
+    size = int(cfg["image_size"])
+    image = keras.Input((size, size, 1), name="image")
+    fx = fy = image
+    for k, f in enumerate(cfg["filters"], 1):
+        fx = _block(fx, f, f"rec_b{k}", cfg["bn_momentum"])
+        fy = _block(fy, f, f"syn_b{k}", cfg["bn_momentum"])
+        fx, fy, *_ = ConvFLUTransfer(cfg["convflu_kernel"], return_gates=True,
+                                     name=f"transfer{k}")([fx, fy])
+    return keras.Model(image, [fx, fy], name="encoder")
+
+
+def build_classifier(cfg: Dict[str, Any]) -> keras.Model:
+    """Two FC layers on the recognition stream's last features -> 8 logits."""
+    b, f = _bottleneck(cfg), cfg["filters"][-1]
+    feat = keras.Input((b, b, f), name="rec_features")
+    x = keras.layers.Flatten(name="cls_flatten")(feat)
+    if cfg.get("fc_batchnorm", True):
+        x = keras.layers.Dense(cfg["fc_units"], use_bias=False, name="cls_fc1")(x)
+        x = keras.layers.BatchNormalization(momentum=cfg["bn_momentum"], name="cls_fc1_bn")(x)
+        x = keras.layers.ReLU(name="cls_fc1_relu")(x)
+    else:
+        x = keras.layers.Dense(cfg["fc_units"], activation="relu", name="cls_fc1")(x)
+    x = keras.layers.Dropout(cfg["dropout"], name="cls_dropout")(x)
+    logits = keras.layers.Dense(NUM_CLASSES, name="cls_logits")(x)
+    return keras.Model(feat, logits, name="classifier")
+
+
+def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
+    """Label transformer + decoder: ``[f_y4, one_hot(t)] -> G(x, t)`` in [0, 1]."""
+    b, f = _bottleneck(cfg), cfg["filters"][-1]
+    feat = keras.Input((b, b, f), name="syn_features")
+    label = keras.Input((NUM_CLASSES,), name="target")
+    lc = cfg["label_channels"]
+    l = keras.layers.Dense(cfg["label_units"], activation="relu", name="label_fc")(label)
+    l = keras.layers.Reshape((1, 1, cfg["label_units"]), name="label_reshape")(l)
+    l = keras.layers.Conv2DTranspose(lc, b, padding="valid", activation="relu",
+                                     name="label_deconv1")(l)
+    l = keras.layers.Conv2DTranspose(lc, 3, padding="same", activation="relu",
+                                     name="label_deconv2")(l)
+    x = keras.layers.Concatenate(name="bottleneck_concat")([feat, l])
+    m = cfg["bn_momentum"]
+    for k, df in enumerate(cfg["decoder_filters"], 1):
+        x = keras.layers.Conv2DTranspose(df, 2, strides=2, use_bias=False,
+                                         kernel_initializer="he_normal", name=f"dec{k}_up")(x)
+        x = FusedBatchNorm(momentum=m, scale=False, name=f"dec{k}_up_bn")(x)
+        x = keras.layers.ReLU(name=f"dec{k}_up_relu")(x)
+        x = _conv_bn_relu(x, df, f"dec{k}", m)
+    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="synth")(x)
+    return keras.Model([feat, label], out, name="decoder")
+
+
+def build_discriminator(cfg: Dict[str, Any]) -> keras.Model:
+    """Label-conditioned PatchGAN: ``[image, one_hot(t)] -> patch logits``."""
+    size = int(cfg["image_size"])
+    image = keras.Input((size, size, 1), name="image")
+    label = keras.Input((NUM_CLASSES,), name="target")
+    lmap = keras.layers.Reshape((1, 1, NUM_CLASSES), name="label_reshape")(label)
+    lmap = keras.layers.UpSampling2D(size, name="label_tile")(lmap)
+    x = keras.layers.Concatenate(name="concat")([image, lmap])
+    for k, f in enumerate(cfg["disc_filters"], 1):
+        x = keras.layers.Conv2D(f, 4, strides=2, padding="same", name=f"d{k}_conv")(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"d{k}_lrelu")(x)
+    out = keras.layers.Conv2D(1, 3, padding="same", name="patch_logits")(x)
+    return keras.Model([image, label], out, name="discriminator")
+
+
+# --------------------------------------------------------------------------- #
+# batch logic
+# --------------------------------------------------------------------------- #
+def _uniform(shape, seed):
+    if seed is None:
+        return tf.random.uniform(shape)
+    return tf.random.stateless_uniform(shape, seed=seed)
+
+
+@tf.autograph.experimental.do_not_convert
+def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
+                 allowed=None, seed=None):
+    """Target expressions and same-subject target images inside a batch.
+
+    Returns ``(target [B] int64, partner [B] int64, pair_mask [B] float32)``:
+    where ``pair_mask`` is 1, ``partner`` indexes another sample of the batch
+    with the *same* ``subject_id`` (>= 0, unknown subjects never pair), a
+    label (``emotion >= 0``) and ``target == emotion[partner]``; elsewhere
+    ``partner`` is the sample itself (unused) and ``target`` is drawn from the
+    sample's label set (``emotion_mask``; all emotions when empty), restricted
+    to ``allowed`` ([8] 0/1, e.g. the emotions seen in training) when that
+    leaves any, and different from the sample's own emotion when possible.
+    A sample with a partner uses it with probability ``pair_prob``.  ``seed``
+    (shape [2] int) makes the draw deterministic.
+    """
+    sid = tf.reshape(tf.cast(subject_id, tf.int64), [-1])
+    emo = tf.reshape(tf.cast(emotion, tf.int64), [-1])
+    mask = tf.cast(emotion_mask, tf.float32)
+    n = tf.shape(sid)[0]
+    s1 = s2 = s3 = None
+    if seed is not None:
+        seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+        s1, s2, s3 = seed, seed + [0, 1], seed + [0, 2]
+    same = ((sid[:, None] == sid[None, :]) & (sid[:, None] >= 0) & (emo[None, :] >= 0)
+            & ~tf.cast(tf.eye(n), tf.bool))
+    score = tf.where(same, 1.0 + _uniform([n, n], s1), 0.0)
+    partner = tf.argmax(score, axis=1, output_type=tf.int64)
+    use_pair = tf.reduce_any(same, axis=1) & (_uniform([n], s2) < pair_prob)
+
+    cand = tf.where(tf.reduce_sum(mask, 1, keepdims=True) > 0, mask, tf.ones_like(mask))
+    if allowed is not None:
+        allowed = tf.cast(tf.reshape(allowed, [1, -1]), tf.float32)
+        narrowed = cand * allowed
+        cand = tf.where(tf.reduce_sum(narrowed, 1, keepdims=True) > 0, narrowed, cand)
+    own = tf.one_hot(tf.maximum(emo, 0), NUM_CLASSES) * tf.cast(emo[:, None] >= 0, tf.float32)
+    other = cand * (1.0 - own)
+    cand = tf.where(tf.reduce_sum(other, 1, keepdims=True) > 0, other, cand)
+    # Gumbel-max draw over the candidate set.
+    u = tf.clip_by_value(_uniform([n, NUM_CLASSES], s3), 1e-7, 1.0 - 1e-7)
+    gumbel = -tf.math.log(-tf.math.log(u))
+    rand_t = tf.argmax(tf.where(cand > 0, gumbel, _NEG), axis=1, output_type=tf.int64)
+
+    target = tf.where(use_pair, tf.gather(emo, partner), rand_t)
+    partner = tf.where(use_pair, partner, tf.range(tf.cast(n, tf.int64)))
+    return target, partner, tf.cast(use_pair, tf.float32)
+
+
+@tf.autograph.experimental.do_not_convert
+def _group_leader(subject_id):
+    """Index of the first sample of each sample's subject (itself if unknown)."""
+    sid = tf.reshape(tf.cast(subject_id, tf.int64), [-1])
+    n = tf.shape(sid)[0]
+    same = (sid[:, None] == sid[None, :]) & (sid[:, None] >= 0)
+    same = same | tf.cast(tf.eye(n), tf.bool)
+    return tf.argmax(tf.cast(same, tf.int32), axis=1, output_type=tf.int32)
+
+
+@tf.autograph.experimental.do_not_convert
+def augment_batch(batch: Dict[str, tf.Tensor], cfg: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+    """Random mirror, rotation (multiples of ``rotation_step`` up to
+    ``max_rotation`` degrees) and translation (the crop from ``crop_from``,
+    see the module docstring) of ``batch["image"]``; one transform per subject
+    of the batch (samples with unknown subject get their own)."""
+    image = tf.convert_to_tensor(batch["image"], tf.float32)
+    size = int(cfg["image_size"])
+    n = tf.shape(image)[0]
+    sid = batch.get("subject_id")
+    if sid is None:
+        sid = -tf.ones([n], tf.int64)
+    leader = _group_leader(sid)
+
+    flip = tf.cast(tf.random.uniform([n]) < 0.5, tf.float32) if cfg["mirror"] else tf.zeros([n])
+    steps = int(cfg["max_rotation"] // cfg["rotation_step"]) if cfg["rotation_step"] else 0
+    k = tf.random.uniform([n], -steps, steps + 1, dtype=tf.int32)
+    angle = tf.cast(k, tf.float32) * (float(cfg["rotation_step"]) * math.pi / 180.0)
+    shift = max(int(cfg["crop_from"]) - size, 0) // 2
+    t = tf.cast(tf.random.uniform([n, 2], -shift, shift + 1, dtype=tf.int32), tf.float32)
+    flip, angle, t = (tf.gather(v, leader) for v in (flip, angle, t))
+
+    # Output pixel -> input pixel: mirror, then rotate about the centre, then shift.
+    c = (size - 1) / 2.0
+    sx = 1.0 - 2.0 * flip                       # x -> sx * (x - c) + c
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a0, a1 = cos * sx, -sin
+    b0, b1 = sin * sx, cos
+    a2 = c - a0 * c - a1 * c + t[:, 0]
+    b2 = c - b0 * c - b1 * c + t[:, 1]
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image, transforms=transforms, output_shape=tf.constant([size, size]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+    result = dict(batch)
+    result["image"] = tf.clip_by_value(tf.reshape(out, tf.shape(image)), 0.0, 1.0)
+    return result
+
+
+def _masked_ce(logits, emotion, emotion_mask):
+    """Per-sample masked softmax CE (0 for unlabelled) and the labelled weights."""
+    masked = tf.where(tf.cast(emotion_mask, tf.float32) > 0, logits, _NEG)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(emotion, 0),
+                                                        logits=masked)
+    labelled = tf.cast(emotion >= 0, tf.float32)
+    return ce * labelled, labelled, masked
+
+
+def _gan_loss(logits, real: bool, kind: str):
+    """Per-sample adversarial loss averaged over patches."""
+    if kind == "lsgan":
+        target = 1.0 if real else 0.0
+        per = tf.square(logits - target)
+    elif kind == "bce":
+        labels = tf.ones_like(logits) if real else tf.zeros_like(logits)
+        per = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    else:
+        raise ValueError(f"fersnet: gan_loss must be 'bce' or 'lsgan', got {kind!r}")
+    return tf.reduce_mean(per, axis=[1, 2, 3])
+
+
+def _l1(a, b):
+    return tf.reduce_mean(tf.abs(a - b), axis=[1, 2, 3])
+
+
+@keras.saving.register_keras_serializable(package="fermtl.fersnet")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras Adam whose update is one ``ResourceApplyAdam`` op per variable
+    (same maths as ``keras.optimizers.Adam``, without amsgrad/weight decay
+    handled differently: those and multi-replica strategies fall back to the
+    Keras implementation).  Keras' per-variable Adam graph is ~40 ops; with
+    ~150 variables FERSNet's train step spent ~40 % of its tracing and graph
+    optimisation time there."""
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if (self.amsgrad or tf.distribute.has_strategy()
+                or tf.distribute.get_strategy().num_replicas_in_sync > 1):
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        step = tf.cast(tf.convert_to_tensor(self.iterations) + 1, tf.float32)
+        b1, b2 = float(self.beta_1), float(self.beta_2)
+        b1_power, b2_power = tf.pow(b1, step), tf.pow(b2, step)
+        lr = tf.cast(learning_rate, tf.float32)
+        for grad, var in zip(grads, trainable_variables):
+            if grad is None:
+                continue
+            idx = self._get_variable_index(var)
+            m, v = self._momentums[idx], self._velocities[idx]
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.value.handle, m=m.value.handle, v=v.value.handle,
+                beta1_power=b1_power, beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2,
+                epsilon=float(self.epsilon), grad=tf.cast(grad, var.dtype))
+
+
+# --------------------------------------------------------------------------- #
+# training model
+# --------------------------------------------------------------------------- #
+_TERMS = ("loss", "cls_loss", "accuracy", "gan_g", "gan_d", "rec", "cyc", "idt", "pairs")
+
+
+@keras.saving.register_keras_serializable(package="fermtl.fersnet")
+class FERSNetModel(keras.Model):
+    """FERSNet training model (see the module docstring).
+
+    Sub-models: ``encoder`` (image -> [f_x4, f_y4]), ``classifier``
+    (f_x4 -> logits), ``decoder`` ([f_y4, one-hot] -> image), ``discriminator``
+    and, when configured, the frozen ``embedder``.  ``call`` returns
+    ``{"logits", "probabilities"}``; :meth:`synthesize` returns ``G(x, t)``.
+    ``fit`` takes model-input dicts.  ``stage`` is ``"joint"`` (the full
+    objective) or ``"recognition"`` (``L_cls`` on the recognition stream only,
+    used by FES fine-tuning, see :meth:`set_stage`).
+    """
+
+    def __init__(self, cfg: Dict[str, Any], load_embedding: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = dict(cfg)
+        self.encoder = build_encoder(self.cfg)
+        self.classifier = build_classifier(self.cfg)
+        self.decoder = build_decoder(self.cfg)
+        self.discriminator = build_discriminator(self.cfg)
+        self.label_set = LabelSetMask(NUM_CLASSES, name="label_set")
+        self.label_set.build((None, NUM_CLASSES))
+        self.emotions_seen = self.add_weight(name="emotions_seen", shape=(NUM_CLASSES,),
+                                             initializer="zeros", trainable=False,
+                                             aggregation="only_first_replica")
+        self.lambda_idt = self.add_weight(
+            name="lambda_idt", shape=(), trainable=False, aggregation="only_first_replica",
+            initializer=keras.initializers.Constant(self.cfg["lambda_idt_start"]))
+        self.embedder = self._make_embedder(load_embedding)
+        self.d_optimizer = None
+        self.fes_optimizer = None
+        self.stage = "joint"
+        self._trackers = {k: keras.metrics.Mean(name=k) for k in _TERMS}
+        self.built = True
+
+    # -- construction helpers --------------------------------------------------
+    def _make_embedder(self, load: bool):
+        from models import face_embedding as fe
+
+        path = self.cfg.get("face_embedding_weights") or ""
+        arch = self.cfg.get("face_embedding_arch")
+        if path and load:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"fersnet: face_embedding_weights {path!r} not found")
+            arch = fe.read_arch(path)
+            emb = fe.load_face_embedding(path, arch)
+            self.cfg["face_embedding_arch"] = arch
+        elif arch:
+            # Rebuilding a saved model: weights come from the saved file.
+            emb = fe.build_face_embedding(arch.get("image_size"), arch["filters"], arch["dim"])
+            emb.trainable = False
+        else:
+            if self.cfg.get("lambda_idt_end", 0) or self.cfg.get("lambda_idt_start", 0):
+                log.warning("fersnet: no face_embedding_weights given: the identity loss "
+                            "L_idt is disabled (train one with "
+                            "models.face_embedding.train_face_embedding)")
+            return None
+        emb.trainable = False
+        return emb
+
+    def _gen_variables(self):
+        return (self.encoder.trainable_variables + self.classifier.trainable_variables
+                + self.decoder.trainable_variables)
+
+    def _rec_variables(self):
+        vs = []
+        for layer in self.encoder.layers:
+            if layer.name.startswith("rec_"):
+                vs += layer.trainable_variables
+        return vs + self.classifier.trainable_variables
+
+    def _bn_layers(self, prefixes=None):
+        out = []
+        for sub in (self.encoder, self.decoder):
+            for layer in sub.layers:
+                if isinstance(layer, FusedBatchNorm) and (
+                        prefixes is None or layer.name.startswith(tuple(prefixes))):
+                    out.append(layer)
+        return out
+
+    # -- keras plumbing ----------------------------------------------------------
+    def compile(self, optimizer=None, d_optimizer=None, **kwargs):
+        cfg = self.cfg
+        if optimizer is None:
+            optimizer = FusedAdam(cfg["learning_rate"], beta_1=cfg["beta_1"])
+        if d_optimizer is None:
+            d_optimizer = FusedAdam(cfg["d_learning_rate"], beta_1=cfg["beta_1"])
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.d_optimizer = d_optimizer
+        self.optimizer.build(self._gen_variables())
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+
+    def get_compile_config(self):
+        return {}
+
+    def compile_from_config(self, config):
+        self.compile()
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def call(self, inputs, training=False):
+        image = inputs["image"] if isinstance(inputs, dict) else inputs
+        fx, _ = self.encoder(image, training=training)
+        logits = self.classifier(fx, training=training)
+        probs = tf.nn.softmax(self.label_set(logits), axis=-1)
+        return {"logits": logits, "probabilities": probs}
+
+    def synthesize(self, image, target, training=False):
+        """``G(image, target)``: image ``[B,S,S,1]`` in [0,1], target int ``[B]``."""
+        onehot = tf.one_hot(tf.cast(target, tf.int32), NUM_CLASSES)
+        _, fy = self.encoder(image, training=training)
+        return self.decoder([fy, onehot], training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "cfg": self.cfg}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        cfg = config.pop("cfg")
+        return cls(cfg, load_embedding=False,
+                   **{k: v for k, v in config.items() if k in ("name", "trainable")})
+
+    def set_stage(self, stage: str, learning_rate: Optional[float] = None):
+        """``"joint"`` or ``"recognition"`` (FES fine-tuning of the recognition
+        stream); resets the compiled train function."""
+        if stage not in ("joint", "recognition"):
+            raise ValueError(f"unknown stage {stage!r}")
+        if stage == "recognition" and self.fes_optimizer is None:
+            self.fes_optimizer = FusedAdam(learning_rate or self.cfg["fes_learning_rate"])
+            self.fes_optimizer.build(self._rec_variables())
+        self.stage = stage
+        self.train_function = None
+
+    # -- steps ----------------------------------------------------------------
+    def _log(self, terms):
+        for k, tr in self._trackers.items():
+            if k in terms:
+                tr.update_state(terms[k])
+        return {k: tr.result() for k, tr in self._trackers.items()}
+
+    def _cls_terms(self, logits, emotion, emotion_mask):
+        ce, labelled, masked = _masked_ce(logits, emotion, emotion_mask)
+        cls = tf.reduce_sum(ce) / tf.maximum(tf.reduce_sum(labelled), 1.0)
+        hit = tf.cast(tf.equal(tf.argmax(masked, -1), emotion), tf.float32)
+        acc = masked_mean(hit, labelled)
+        return cls, acc
+
+    @staticmethod
+    def _snapshot(layers):
+        vs = [v for l in layers for v in (l.moving_mean, l.moving_variance)]
+        return vs, [tf.identity(tf.convert_to_tensor(v)) for v in vs]
+
+    @staticmethod
+    def _restore(snapshot):
+        for v, val in zip(*snapshot):
+            v.assign(val)
+
+    def _observe(self, data, emotion):
+        self.label_set.update(data["emotion_mask"])
+        seen = tf.reduce_max(tf.one_hot(emotion, NUM_CLASSES), axis=0)  # -1 -> zeros
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            seen = tf.cast(ctx.all_reduce(tf.distribute.ReduceOp.SUM, seen) > 0, tf.float32)
+        self.emotions_seen.assign(tf.maximum(tf.convert_to_tensor(self.emotions_seen), seen))
+
+    @tf.autograph.experimental.do_not_convert
+    def train_step(self, data):
+        if self.stage == "recognition":
+            return self._train_recognition(data)
+        cfg = self.cfg
+        x = tf.convert_to_tensor(data["image"], tf.float32)
+        emotion = tf.reshape(tf.cast(data["emotion"], tf.int64), [-1])
+        mask = tf.cast(data["emotion_mask"], tf.float32)
+        n = tf.shape(emotion)[0]
+        sid = data.get("subject_id")
+        if sid is None:
+            sid = -tf.ones([n], tf.int64)
+        self._observe(data, emotion)
+        target, partner, pair_mask = pair_targets(
+            sid, emotion, mask, cfg["pair_prob"], allowed=tf.convert_to_tensor(self.emotions_seen))
+        t_onehot = tf.one_hot(target, NUM_CLASSES)
+        x_t = tf.gather(x, partner)
+        kind = cfg["gan_loss"]
+
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fx, fy = self.encoder(x, training=True)
+            logits = self.classifier(fx, training=True)
+            fake = self.decoder([fy, t_onehot], training=True)
+            pred = tf.argmax(self.label_set(tf.stop_gradient(logits)), -1)
+            source = tf.where(emotion >= 0, emotion, pred)
+            snap = self._snapshot(self._bn_layers())
+            _, fy2 = self.encoder(fake, training=True)
+            cycled = self.decoder([fy2, tf.one_hot(source, NUM_CLASSES)], training=True)
+            self._restore(snap)
+
+            cls, acc = self._cls_terms(logits, emotion, mask)
+            gan_g = tf.reduce_mean(_gan_loss(self.discriminator([fake, t_onehot]), True, kind))
+            rec = masked_mean(_l1(fake, x_t), pair_mask)
+            cyc = tf.reduce_mean(_l1(cycled, x))
+            idt = tf.zeros([])
+            if self.embedder is not None:
+                size = int(cfg["face_embedding_arch"].get("image_size") or cfg["image_size"])
+                from models.face_embedding import embed, identity_loss
+                idt = tf.reduce_mean(identity_loss(
+                    embed(self.embedder, fake, size),
+                    tf.stop_gradient(embed(self.embedder, x, size))))
+            lam_idt = tf.convert_to_tensor(self.lambda_idt)
+            loss = (cls + cfg["lambda_gan"] * gan_g + cfg["lambda_rec"] * rec
+                    + cfg["lambda_cyc"] * cyc + lam_idt * idt)
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+
+            labelled = tf.cast(emotion >= 0, tf.float32)
+            d_real = _gan_loss(self.discriminator([x, tf.one_hot(emotion, NUM_CLASSES)],
+                                                  training=True), True, kind)
+            d_fake = _gan_loss(self.discriminator([tf.stop_gradient(fake), t_onehot],
+                                                  training=True), False, kind)
+            gan_d = 0.5 * (masked_mean(d_real, labelled) + tf.reduce_mean(d_fake))
+
+        g_vars = self._gen_variables()
+        g_grads = g_tape.gradient(replica_scaled(loss), g_vars)
+        self.optimizer.apply(g_grads, g_vars)
+        d_vars = self.discriminator.trainable_variables
+        d_grads = d_tape.gradient(replica_scaled(gan_d), d_vars)
+        self.d_optimizer.apply(d_grads, d_vars)
+        return self._log({"loss": loss, "cls_loss": cls, "accuracy": acc, "gan_g": gan_g,
+                          "gan_d": gan_d, "rec": rec, "cyc": cyc, "idt": idt,
+                          "pairs": tf.reduce_mean(pair_mask)})
+
+    @tf.autograph.experimental.do_not_convert
+    def _train_recognition(self, data):
+        x = tf.convert_to_tensor(data["image"], tf.float32)
+        emotion = tf.reshape(tf.cast(data["emotion"], tf.int64), [-1])
+        mask = tf.cast(data["emotion_mask"], tf.float32)
+        self._observe(data, emotion)
+        with tf.GradientTape() as tape:
+            snap = self._snapshot(self._bn_layers(("syn_",)))
+            fx, _ = self.encoder(x, training=True)
+            self._restore(snap)
+            logits = self.classifier(fx, training=True)
+            cls, acc = self._cls_terms(logits, emotion, mask)
+        rec_vars = self._rec_variables()
+        grads = tape.gradient(replica_scaled(cls), rec_vars)
+        self.fes_optimizer.apply(grads, rec_vars)
+        logs = self._log({"loss": cls, "cls_loss": cls, "accuracy": acc})
+        return {k: logs[k] for k in ("loss", "cls_loss", "accuracy")}
+
+    @tf.autograph.experimental.do_not_convert
+    def test_step(self, data):
+        x = tf.convert_to_tensor(data["image"], tf.float32)
+        emotion = tf.reshape(tf.cast(data["emotion"], tf.int64), [-1])
+        fx, _ = self.encoder(x, training=False)
+        logits = self.classifier(fx, training=False)
+        cls, acc = self._cls_terms(logits, emotion, data["emotion_mask"])
+        logs = self._log({"loss": cls, "cls_loss": cls, "accuracy": acc})
+        return {k: logs[k] for k in ("loss", "cls_loss", "accuracy")}
+
+    def predict_step(self, data):
+        return self(data["image"] if isinstance(data, dict) else data, training=False)
+
+
+# --------------------------------------------------------------------------- #
+# callbacks / helpers
+# --------------------------------------------------------------------------- #
+class IdentityLambdaRamp(keras.callbacks.Callback):
+    """``lambda4`` (identity-loss weight) ramps linearly from ``start`` at epoch
+    0 to ``end`` at epoch ``epochs - 1`` (then stays)."""
+
+    def __init__(self, start: float, end: float, epochs: int):
+        super().__init__()
+        self.start, self.end, self.epochs = float(start), float(end), max(int(epochs), 1)
+
+    def value(self, epoch: int) -> float:
+        if self.epochs <= 1:
+            return self.end
+        frac = min(max(epoch, 0) / (self.epochs - 1), 1.0)
+        return self.start + (self.end - self.start) * frac
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if hasattr(self.model, "lambda_idt"):
+            self.model.lambda_idt.assign(self.value(epoch))
+
+
+def gate_maps(model: FERSNetModel, images,
+              batch_size: int = 64) -> Dict[str, Dict[str, np.ndarray]]:
+    """ConvFLU gates of each transfer block for ``images`` (numpy, for plots).
+
+    Returns ``{"block1": {"r_x", "z_x", "r_y", "z_y"}, ...}``: ``r_x`` the
+    leaky gate on what the recognition stream takes from the synthesis stream
+    (channels of f_y), ``z_x`` its memory gate (channels of f_x), ``r_y`` /
+    ``z_y`` the same for the synthesis stream; each ``[N, h, w, c]``.
+    """
+    enc = model.encoder
+    outs = {}
+    for k in range(1, len(model.cfg["filters"]) + 1):
+        o = enc.get_layer(f"transfer{k}").output
+        outs[f"block{k}"] = {"r_x": o[2], "z_x": o[3], "r_y": o[4], "z_y": o[5]}
+    gm = keras.Model(enc.input, outs)
+    images = np.asarray(images, np.float32)
+    parts = [gm(images[i:i + batch_size], training=False)
+             for i in range(0, len(images), batch_size)]
+    return {b: {g: np.concatenate([np.asarray(p[b][g]) for p in parts]) for g in parts[0][b]}
+            for b in parts[0]}
+
+
+def synthesize(model: FERSNetModel, images, targets, batch_size: int = 64) -> np.ndarray:
+    """``G(images, targets)`` as numpy ``[N,S,S,1]`` in [0, 1] (batched)."""
+    images = np.asarray(images, np.float32)
+    targets = np.asarray(targets, np.int64)
+    fn = tf.function(lambda im, t: model.synthesize(im, t, training=False), reduce_retracing=True)
+    out = [np.asarray(fn(images[i:i + batch_size], targets[i:i + batch_size]))
+           for i in range(0, len(images), batch_size)]
+    if not out:
+        s = int(model.cfg["image_size"])
+        return np.zeros((0, s, s, 1), np.float32)
+    return np.concatenate(out)
+
+
+def _decode_to_size(samples: Sequence[contract.FaceSample], size: int) -> np.ndarray:
+    from models.preprocessing import decode_image
+
+    out = []
+    for i in range(0, len(samples), 256):
+        chunk = tf.constant([s.image for s in samples[i:i + 256]])
+        out.append(decode_image(chunk, size).numpy())
+    return np.concatenate(out) if out else np.zeros((0, size, size, 1), np.float32)
+
+
+def synthesize_balanced(model: FERSNetModel, samples: Iterable[contract.FaceSample],
+                        emotions: Optional[Sequence[Union[int, str]]] = None,
+                        batch_size: int = 64) -> List[contract.FaceSample]:
+    """FES data augmentation: every other expression for each labelled face.
+
+    For each sample with an emotion, one face is synthesized for every target
+    expression of its label set (``emotion_mask``) other than its own,
+    restricted to ``emotions`` (default: the expressions present among the
+    labelled ``samples`` of the same dataset).  Real + synthesized data then
+    hold exactly one image per face in every class (balanced).  New samples:
+    ``dataset`` ``<dataset>_fes``, ``uid`` ``<uid>_fes_<emotion>``, same
+    ``subject``/``domain``/``split``/label set, no AU or landmark labels;
+    images are PNG at ``image_size``.
+    """
+    samples = [s for s in samples if s.emotion >= 0]
+    if not samples:
+        return []
+    present: Dict[str, set] = {}
+    for s in samples:
+        present.setdefault(s.dataset, set()).add(s.emotion)
+    fixed = None
+    if emotions is not None:
+        fixed = {e if isinstance(e, (int, np.integer)) else contract.canonical_emotion(e)
+                 for e in emotions}
+    jobs: List[Tuple[int, int]] = []
+    for i, s in enumerate(samples):
+        wanted = fixed if fixed is not None else present[s.dataset]
+        for t in np.flatnonzero(s.emotion_mask):
+            if int(t) != s.emotion and int(t) in wanted:
+                jobs.append((i, int(t)))
+    if not jobs:
+        return []
+    size = int(model.cfg["image_size"])
+    images = _decode_to_size(samples, size)
+    idx = np.asarray([j[0] for j in jobs])
+    tgt = np.asarray([j[1] for j in jobs], np.int64)
+    fakes = synthesize(model, images[idx], tgt, batch_size)
+    out = []
+    for (i, t), img in zip(jobs, fakes):
+        s = samples[i]
+        out.append(contract.FaceSample(
+            image=contract.encode_png(np.rint(np.clip(img[..., 0], 0, 1) * 255.0)),
+            dataset=f"{s.dataset}_fes", uid=f"{s.uid}_fes_{contract.EMOTIONS[t]}",
+            emotion=t, emotion_mask=s.emotion_mask, subject=s.subject, domain=s.domain,
+            split=s.split))
+    return out
+
+
+def fine_tune_with_fes(model: FERSNetModel, cfg: Dict[str, Any],
+                       samples: Sequence[contract.FaceSample], epochs: Optional[int] = None,
+                       batch_size: Optional[int] = None, datasets: Sequence[str] = (),
+                       validation_data=None, callbacks=(), seed: int = 0, verbose=0):
+    """FES augmentation then fine-tuning of the recognition stream.
+
+    Synthesizes the balanced set (:func:`synthesize_balanced`) from the
+    labelled ``samples`` and trains the recognition stream (``rec_*`` blocks
+    and classifier; ConvFLU transfers, synthesis stream, decoder and
+    discriminator frozen) with ``L_cls`` on real + synthesized faces for
+    ``epochs`` (default ``cfg["fes_epochs"]``) at ``cfg["fes_learning_rate"]``.
+    Returns ``(history, fes_samples)``; the model is left in the ``"joint"``
+    stage.
+    """
+    from models import inputs
+
+    samples = list(samples)
+    fes = synthesize_balanced(model, samples)
+    epochs = int(epochs if epochs is not None else cfg["fes_epochs"])
+    batch_size = int(batch_size or cfg["batch_size"])
+    aug = (lambda b: augment_batch(b, cfg)) if cfg.get("augment", True) else None
+    ds = inputs.dataset_from_samples(samples + fes, int(cfg["image_size"]), batch_size,
+                                     datasets, training=True, seed=seed, augment=aug)
+    model.set_stage("recognition")
+    try:
+        hist = model.fit(ds, epochs=epochs, validation_data=validation_data,
+                         callbacks=list(callbacks), verbose=verbose)
+    finally:
+        model.set_stage("joint")
+    return hist, fes
+
+
+# --------------------------------------------------------------------------- #
+# method
+# --------------------------------------------------------------------------- #
+_COMMON = {
+    "bn_momentum": 0.9,
+    "dropout": 0.5,
+    "convflu_kernel": 1,
+    "fc_batchnorm": True,
+    "label_units": 64,
+    "label_channels": 8,
+    "gan_loss": "bce",
+    "lambda_gan": 0.3,
+    "lambda_rec": 1.0,
+    "lambda_cyc": 0.5,
+    "lambda_idt_start": 0.1,
+    "lambda_idt_end": 0.5,
+    "idt_ramp_epochs": 10,
+    "pair_prob": 1.0,
+    "beta_1": 0.5,
+    "augment": True,
+    "mirror": True,
+    "max_rotation": 15,
+    "rotation_step": 5,
+    "face_embedding_weights": "",
+    "face_embedding_arch": None,
+    "fes_augment": False,
+    "fes_epochs": 3,
+    "fes_learning_rate": 2e-4,
+}
+
+
+class FERSNet(Method):
+    """FERSNet (Zhao et al., ICPR 2020); see the module docstring."""
+
+    name = "fersnet"
+    presets = {
+        "small": {
+            **_COMMON,
+            "image_size": 64,
+            "crop_from": 64,                    # mirror only: no shift, no rotation
+            "max_rotation": 0,
+            "filters": [12, 24, 32, 48],
+            "decoder_filters": [48, 32, 24, 12],
+            "fc_units": 64,
+            "dropout": 0.3,
+            "disc_filters": [16, 32, 32],
+            "learning_rate": 2e-3,
+            "d_learning_rate": 2e-3,
+            "batch_size": 16,
+            "epochs": 8,
+        },
+        "paper": {
+            **_COMMON,
+            "image_size": 96,
+            "crop_from": 110,
+            "filters": [32, 64, 128, 256],
+            "decoder_filters": [256, 128, 64, 32],
+            "convflu_kernel": 3,
+            "fc_units": 1024,
+            "label_units": 256,
+            "label_channels": 32,
+            "disc_filters": [64, 128, 256],
+            "learning_rate": 2e-4,
+            "d_learning_rate": 2e-4,
+            "batch_size": 32,
+            "epochs": 60,
+            "idt_ramp_epochs": 30,
+        },
+    }
+
+    def build(self, cfg: Dict[str, Any]) -> keras.Model:
+        model = FERSNetModel(cfg, name="fersnet")
+        model.compile()
+        return model
+
+    def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
+        size = int(cfg["image_size"])
+        image = keras.Input((size, size, 1), name="image")
+        fx, _ = model.encoder(image)
+        logits = model.classifier(fx)
+        probs = keras.layers.Softmax(name="probabilities")(model.label_set(logits))
+        return keras.Model(image, {"probabilities": probs, "logits": logits},
+                           name="fersnet_inference")
+
+    def extra_signatures(self, model: keras.Model, cfg: Dict[str, Any]) -> Dict[str, Any]:
+        size = int(cfg["image_size"])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32,
+                                                    name="image"),
+                                      tf.TensorSpec([None], tf.int64, name="target")])
+        def synthesize_fn(image, target):
+            image = tf.clip_by_value(image, 0.0, 1.0)
+            target = tf.clip_by_value(target, 0, NUM_CLASSES - 1)
+            return {"image": model.synthesize(image, target, training=False)}
+
+        return {"synthesize": synthesize_fn}
+
+    def augment(self, batch: Dict[str, Any], cfg: Dict[str, Any]) -> Dict[str, Any]:
+        if not cfg.get("augment", True):
+            return batch
+        return augment_batch(batch, cfg)
+
+    def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
+        return [IdentityLambdaRamp(cfg["lambda_idt_start"], cfg["lambda_idt_end"],
+                                   cfg["idt_ramp_epochs"])]
+
+    def post_fit(self, model: keras.Model, cfg: Dict[str, Any],
+                 train_samples: Optional[Sequence[contract.FaceSample]] = None, **kwargs):
+        """Trainer hook: FES fine-tuning when ``cfg["fes_augment"]`` (needs the
+        training samples); returns the fine-tuning history or None."""
+        if not cfg.get("fes_augment"):
+            return None
+        if not train_samples:
+            log.warning("fersnet: fes_augment is set but no training samples were given; "
+                        "skipping FES fine-tuning")
+            return None
+        hist, _ = fine_tune_with_fes(model, cfg, train_samples, **kwargs)
+        return hist

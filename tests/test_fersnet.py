@@ -1,0 +1,318 @@
+"""FERSNet (models/fersnet.py) and its face-identity embedding
+(models/face_embedding.py): CPU, small preset, synthetic faces.
+
+Default run (``make test``, ~1 min): unit tests (pairing, augmentation, the
+lambda4 ramp, fused BN / Adam), then one *short* FERSNet fit (fixture
+``short_fit``, 2 epochs) shared by the mechanics checks: losses go down,
+save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
+
+``slow`` (``make test-all``, ~2 more minutes on a shared 2-core CPU): a
+10-epoch fit (fixture ``trained``) that beats chance on held-out subjects and
+whose synthesized faces move a frozen baseline classifier toward the target.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import contract
+from models import face_embedding as fe
+from models import fersnet as F
+from models import inputs
+from tests.method_helpers import accuracy, chance, synthetic_split
+
+SIZE = 64                 # the small preset's image size
+N_TRAIN, N_TEST = 16, 6
+SHORT_EPOCHS = 2
+EPOCHS = 10
+
+
+@pytest.fixture(scope="module")
+def split():
+    return synthetic_split(N_TRAIN, N_TEST, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def emb_path(split, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("fersnet_emb") / "face_emb.weights.h5")
+    _, info = fe.train_face_embedding(split[0], image_size=32, filters=(8, 16, 32), dim=32,
+                                      epochs=4, out_path=path)
+    assert info["n_subjects"] == N_TRAIN
+    return path
+
+
+def _fit(split, emb_path, epochs):
+    from models import training
+
+    train, test = split
+    return training.train(F.FERSNet(), train, test, preset="small", epochs=epochs, seed=0,
+                          overrides={"face_embedding_weights": emb_path})
+
+
+@pytest.fixture(scope="module")
+def short_fit(split, emb_path):
+    return _fit(split, emb_path, SHORT_EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def trained(split, emb_path):
+    return _fit(split, emb_path, EPOCHS)
+
+
+def _images(samples):
+    return F._decode_to_size(samples, SIZE)
+
+
+# --------------------------------------------------------------------------- #
+# unit tests (no training)
+# --------------------------------------------------------------------------- #
+def test_pair_targets_use_same_subject_pairs_only():
+    # subjects: 3 x s5, 2 x s7 (one unlabelled), 2 unknown (-1), 1 lone s9
+    sid = tf.constant([5, 5, 5, 7, 7, -1, -1, 9], tf.int64)
+    emo = tf.constant([0, 3, 4, 1, -1, 2, 5, 6], tf.int64)
+    mask = tf.ones([8, 8])
+    allowed = tf.constant([1, 1, 1, 1, 1, 1, 1, 0], tf.float32)  # contempt never seen
+    for seed in range(20):
+        target, partner, pm = (np.asarray(v) for v in F.pair_targets(
+            sid, emo, mask, pair_prob=1.0, allowed=allowed, seed=[seed, 0]))
+        s, e = sid.numpy(), emo.numpy()
+        for i in range(8):
+            if pm[i]:
+                j = partner[i]
+                assert j != i and s[j] == s[i] and s[i] >= 0 and e[j] >= 0
+                assert target[i] == e[j]
+            else:
+                assert partner[i] == i
+                assert target[i] != e[i] and target[i] != 7
+        # samples 0-2 (s5) and 4 (unlabelled s7 sees labelled sample 3) have a partner;
+        # 3 has none (its only partner is unlabelled), unknown / lone subjects never pair
+        assert pm.tolist() == [1, 1, 1, 0, 1, 0, 0, 0]
+    _, _, pm = F.pair_targets(sid, emo, mask, pair_prob=0.0, seed=[1, 2])
+    assert not np.asarray(pm).any()
+
+
+def test_augment_same_transform_within_subject():
+    cfg = F.FERSNet().config("small")
+    assert cfg["image_size"] == SIZE
+    img = np.random.default_rng(0).random((1, SIZE, SIZE, 1)).astype(np.float32)
+    batch = {"image": tf.constant(np.repeat(img, 6, 0)),
+             "subject_id": tf.constant([3, 3, 3, -1, -1, 8], tf.int64),
+             "emotion": tf.zeros([6], tf.int64)}
+    outs = [np.asarray(F.augment_batch(batch, cfg)["image"]) for _ in range(4)]
+    for out in outs:
+        assert out.shape == (6, SIZE, SIZE, 1) and 0 <= out.min() and out.max() <= 1
+        np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+        np.testing.assert_allclose(out[0], out[2], atol=1e-6)
+    # something actually moves
+    assert any(np.abs(o - img).max() > 0.05 for out in outs for o in out)
+    off = F.FERSNet().augment(batch, {**cfg, "augment": False})
+    assert off is batch
+
+
+def test_identity_ramp_values():
+    ramp = F.IdentityLambdaRamp(0.1, 0.5, 5)
+    assert [round(ramp.value(e), 3) for e in range(7)] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5]
+
+
+def test_no_embedding_weights_disables_identity_loss(caplog):
+    method = F.FERSNet()
+    cfg = method.config("small")
+    with caplog.at_level(logging.WARNING, logger="models.fersnet"):
+        model = F.FERSNetModel(cfg)
+    assert model.embedder is None
+    assert "L_idt is disabled" in caplog.text
+
+
+def test_paper_preset_architecture():
+    from models.registry import get_method
+
+    method = get_method("fersnet")
+    cfg = method.config("paper")
+    assert (cfg["image_size"], cfg["crop_from"], cfg["max_rotation"], cfg["rotation_step"]) == \
+        (96, 110, 15, 5)
+    assert (cfg["lambda_gan"], cfg["lambda_rec"], cfg["lambda_cyc"]) == (0.3, 1.0, 0.5)
+    assert (cfg["lambda_idt_start"], cfg["lambda_idt_end"]) == (0.1, 0.5)
+    model = F.FERSNetModel(cfg)
+    fx, fy = model.encoder.outputs
+    assert tuple(fx.shape) == tuple(fy.shape) == (None, 6, 6, 256)
+    assert tuple(model.decoder.output.shape) == (None, 96, 96, 1)
+    assert model.discriminator.output.shape[1:] == (12, 12, 1)
+    names = [layer.name for layer in model.encoder.layers]
+    assert [n for n in names if n.startswith("transfer")] == [f"transfer{k}" for k in range(1, 5)]
+
+
+def test_fused_batch_norm_matches_keras():
+    x = tf.random.stateless_normal([4, 5, 5, 3], seed=[1, 2]) * 2.0 + 1.0
+    ref = keras.layers.BatchNormalization(momentum=0.9, scale=False)
+    ours = F.FusedBatchNorm(momentum=0.9, scale=False)
+    np.testing.assert_allclose(ref(x, training=True), ours(x, training=True), atol=1e-5)
+    np.testing.assert_allclose(ref.moving_mean, ours.moving_mean, atol=1e-6)
+    np.testing.assert_allclose(ref.moving_variance, ours.moving_variance, atol=1e-5)
+    np.testing.assert_allclose(ref(x, training=False), ours(x, training=False), atol=1e-5)
+
+
+def test_fused_adam_matches_keras_adam():
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
+    out = []
+    for opt in (keras.optimizers.Adam(0.01, beta_1=0.5), F.FusedAdam(0.01, beta_1=0.5)):
+        v = keras.Variable(w0)
+        opt.build([v])
+        for g in grads:
+            opt.apply([tf.constant(g)], [v])
+        out.append(np.asarray(v))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_face_embedding_is_frozen_and_separates_new_subjects(emb_path, split):
+    emb = fe.load_face_embedding(emb_path)
+    assert not emb.trainable and not emb.trainable_weights
+    assert fe.read_arch(emb_path) == {"image_size": 32, "filters": [8, 16, 32], "dim": 32}
+    auc = fe.verification_auc(emb, split[1], image_size=32)     # held-out subjects
+    assert auc > 0.6, auc
+
+
+# --------------------------------------------------------------------------- #
+# trained model
+# --------------------------------------------------------------------------- #
+def test_short_fit_lowers_losses(short_fit):
+    method, model, cfg, history = short_fit
+    h = history.history
+    assert len(h["cls_loss"]) == SHORT_EPOCHS
+    assert h["cls_loss"][-1] < h["cls_loss"][0]
+    assert h["rec"][-1] < h["rec"][0] and h["cyc"][-1] < h["cyc"][0]
+    assert min(h["pairs"]) > 0.3          # the batches do hold same-subject pairs
+    assert h["idt"][-1] > 0               # identity loss active (embedding loaded)
+    assert all(np.isfinite(v).all() for v in h.values())
+    # the lambda4 ramp ran
+    ramp = F.IdentityLambdaRamp(cfg["lambda_idt_start"], cfg["lambda_idt_end"],
+                                cfg["idt_ramp_epochs"])
+    assert float(model.lambda_idt) == pytest.approx(ramp.value(SHORT_EPOCHS - 1))
+    assert np.asarray(model.emotions_seen).tolist() == [1.0] * 7 + [0.0]
+
+
+@pytest.mark.slow
+def test_fit_beats_chance_on_new_subjects(trained, split):
+    method, model, cfg, history = trained
+    h = history.history
+    assert h["cls_loss"][-1] < 0.9 * h["cls_loss"][0]
+    test_ds = inputs.dataset_from_samples(split[1], SIZE, 64)
+    acc = accuracy(method.inference_model(model, cfg), test_ds)
+    assert acc > 2 * chance(), (acc, h["val_accuracy"])
+
+
+def test_save_load_identical_predictions(short_fit, split, tmp_path):
+    method, model, cfg, _ = short_fit
+    x = tf.constant(_images(split[1][:16]))
+    target = tf.constant(np.arange(16) % 7, tf.int64)
+    path = str(tmp_path / "fersnet.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, F.FERSNetModel) and loaded.embedder is not None
+    p0 = np.asarray(model(x)["probabilities"])
+    p1 = np.asarray(loaded(x)["probabilities"])
+    np.testing.assert_allclose(p0, p1, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(method.inference_model(loaded, cfg)(x)["probabilities"]),
+                               p0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.synthesize(x, target)),
+                               np.asarray(loaded.synthesize(x, target)), atol=1e-6)
+    assert float(loaded.lambda_idt) == pytest.approx(float(model.lambda_idt))
+    # weights-only round trip (what training checkpoints use)
+    wpath = str(tmp_path / "fersnet.weights.h5")
+    model.save_weights(wpath)
+    fresh = method.build(cfg)
+    fresh.load_weights(wpath)
+    np.testing.assert_allclose(np.asarray(fresh(x)["probabilities"]), p0, atol=1e-6)
+
+
+def test_export_serving_and_synthesize(short_fit, split, tmp_path):
+    from models import export
+
+    method, model, cfg, _ = short_fit
+    out_dir = str(tmp_path / "export")
+    export.export_saved_model(method, model, cfg, out_dir)
+    loaded = tf.saved_model.load(out_dir)
+    assert "synthesize" in loaded.signatures
+    samples = split[1][:5]
+    serve = loaded.signatures["serving_default"]
+    (name, spec), = serve.structured_input_signature[1].items()
+    assert spec.dtype == tf.string
+    res = serve(**{name: tf.constant([s.image for s in samples])})
+    probs = np.asarray(res["probabilities"])
+    assert probs.shape == (5, contract.NUM_EMOTIONS)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    ref = np.asarray(method.inference_model(model, cfg)(_images(samples))["probabilities"])
+    np.testing.assert_allclose(probs, ref, atol=1e-4)
+    synth = loaded.signatures["synthesize"](image=tf.constant(_images(samples)),
+                                             target=tf.constant([0, 1, 2, 3, 4], tf.int64))
+    img = np.asarray(synth["image"])
+    assert img.shape == (5, SIZE, SIZE, 1)
+    assert img.min() >= 0.0 and img.max() <= 1.0
+
+
+@pytest.mark.slow
+def test_synthesis_moves_frozen_classifier_toward_target(trained, split):
+    from models import training
+
+    _, model, _, _ = trained
+    train, test = split
+    # A frozen expression oracle: the baseline CNN trained on all subjects.
+    bmethod, bmodel, bcfg, _ = training.train(
+        "baseline", train + test, preset="small", epochs=6, seed=1,
+        overrides={"image_size": SIZE, "flip": False, "crop_padding": 0})
+    oracle = bmethod.inference_model(bmodel, bcfg)
+    x = _images(test)
+    own = np.asarray([s.emotion for s in test])
+    n, k = len(test), len(contract.BASIC7)
+    xs = np.repeat(x, k, 0)
+    targets = np.tile(np.arange(k), n)
+    keep = targets != np.repeat(own, k)
+    fakes = F.synthesize(model, xs, targets)
+    p_real = np.asarray(oracle(x)["probabilities"])
+    p_fake = np.asarray(oracle(fakes)["probabilities"]).reshape(n, k, -1)
+    rows = np.arange(n * k)
+    before = np.repeat(p_real, k, 0)[rows, targets][keep]
+    after = p_fake.reshape(n * k, -1)[rows, targets][keep]
+    assert after.mean() > before.mean() + 0.02, (after.mean(), before.mean())
+
+
+def test_gate_maps(short_fit, split):
+    _, model, cfg, _ = short_fit
+    gates = F.gate_maps(model, _images(split[1][:3]))
+    assert sorted(gates) == ["block1", "block2", "block3", "block4"]
+    for k, f in enumerate(cfg["filters"], 1):
+        g = gates[f"block{k}"]
+        side = SIZE // 2 ** k
+        assert g["z_x"].shape == (3, side, side, f)
+        assert g["r_x"].shape == (3, side, side, f)
+        for v in g.values():
+            assert v.min() >= 0.0 and v.max() <= 1.0
+
+
+def test_fes_balanced_synthesis_and_fine_tune(short_fit, split):
+    _, model, cfg, _ = short_fit
+    faces = [s for s in split[0] if s.subject in {split[0][0].subject}]   # one subject
+    fes = F.synthesize_balanced(model, faces)
+    present = sorted({s.emotion for s in faces})
+    assert len(fes) == len(faces) * (len(present) - 1)
+    counts = contract.counts(faces + fes)["emotion"]
+    assert set(counts.values()) == {len(faces)}          # balanced
+    assert all(s.dataset.endswith("_fes") and "_fes_" in s.uid for s in fes)
+    assert all(s.subject == faces[0].subject for s in fes)
+    assert {s.emotion for s in fes} <= set(present)
+
+    dec_before = [np.array(v) for v in model.decoder.weights]
+    cls_before = [np.array(v) for v in model.classifier.weights]
+    hist, fes2 = F.fine_tune_with_fes(model, cfg, faces, epochs=1, batch_size=16)
+    assert len(fes2) == len(fes) and "cls_loss" in hist.history
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(dec_before,
+                                                                model.decoder.weights))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(cls_before,
+                                                                    model.classifier.weights))
+    assert model.stage == "joint"
