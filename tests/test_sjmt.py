@@ -119,7 +119,8 @@ def test_never_penalised_on_labels_its_dataset_lacks(split):
     cfg = sjmt.SJMT().config("small")
     labels, mask = sjmt.sjmt_targets(batch, cfg)
     mask = mask.numpy()
-    assert not mask[:3, 8:].any() and mask[:3, :8].all()  # A: emotions only
+    # A: emotions only — its label set is the 7 basic emotions (no contempt)
+    assert not mask[:3, 8:].any() and mask[:3, :7].all() and not mask[:3, 7].any()
     assert not mask[3:, :8].any() and mask[3:, 8:].all()  # B: AUs only
     logits = tf.Variable(tf.random.stateless_normal([6, 25], seed=[3, 4]))
     # The loss reads only the batch and the logits: a tiny network will do.
