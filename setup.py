@@ -16,6 +16,7 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "scikit-learn",
         "pillow",
         "opencv-python-headless",
     ],

@@ -10,7 +10,7 @@ import os
 import sys
 
 # Command modules, in --help order.
-COMMAND_MODULES = ("data", "run", "serve")
+COMMAND_MODULES = ("data", "run", "benchmark", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,228 @@
+"""The seeds' figures, drawn from our own runs (matplotlib, Agg, PNG).
+
+Every function takes arrays (or a trained model where the figure needs one),
+writes one PNG and returns its path:
+
+* :func:`confusion_matrix_plot` — row-normalised confusion matrix;
+* :func:`tsne_plot` — t-SNE of learned features coloured by emotion (DDMTL Fig 5);
+* :func:`trace_norm_rates_plot` — trace-norm decrease rate per layer (Hu Fig 3b);
+* :func:`convflu_gate_plot` — ConvFLU leaky-gate maps per block (FERSNet Fig 3);
+* :func:`synthesis_grid_plot` — every expression synthesized per face (FERSNet Fig 4);
+* :func:`au_per_emotion_plot` — mean AU score per predicted emotion (SJMT Fig 2);
+* :func:`accuracy_bars` — accuracy (± std over folds) per method.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from components import contract
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def _present_classes(*label_arrays) -> list:
+    present = sorted({int(v) for a in label_arrays for v in np.asarray(a).ravel() if v >= 0})
+    if not present:
+        raise ValueError("no labelled sample to plot")
+    return present
+
+
+def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix") -> str:
+    """Confusion matrix over the emotions present in ``y_true``/``y_pred``, rows
+    normalised to recall (cell text: recall and count)."""
+    y_true = np.asarray(y_true, np.int64)
+    y_pred = np.asarray(y_pred, np.int64)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} labels vs {len(y_pred)} predictions")
+    classes = _present_classes(y_true, y_pred)
+    index = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), np.int64)
+    for t, p in zip(y_true, y_pred):
+        cm[index[t], index[p]] += 1
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    plt = _plt()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [contract.EMOTIONS[c] for c in classes]
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center",
+                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"{title}\naccuracy {acc:.1%} on {cm.sum()} faces", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tsne_plot(features, labels, path, title: str = "t-SNE of learned features",
+              seed: int = 0, max_points: int = 2000) -> str:
+    """2-D t-SNE (scikit-learn, PCA init) of ``features`` ``[N, D]`` coloured by
+    emotion ``labels``; unlabelled rows are dropped, at most ``max_points``."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, np.float64).reshape(len(features), -1)
+    y = np.asarray(labels, np.int64)
+    keep = y >= 0
+    x, y = x[keep][:max_points], y[keep][:max_points]
+    if len(x) < 5:
+        raise ValueError(f"t-SNE needs at least 5 labelled points, got {len(x)}")
+    emb = TSNE(n_components=2, perplexity=float(min(30, max(2, (len(x) - 1) // 3))),
+               init="pca", random_state=seed).fit_transform(x)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for c in _present_classes(y):
+        m = y == c
+        ax.scatter(emb[m, 0], emb[m, 1], s=6, color=cmap(c % 10), label=contract.EMOTIONS[c])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title} ({len(x)} faces)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def trace_norm_rates_plot(rates, path, title: Optional[str] = None) -> str:
+    """Per-layer ``||W||_* / ||W||_*(init)`` bars (one series or a mapping of series)."""
+    from models.tracenorm import trace_norm_decrease_plot
+
+    return trace_norm_decrease_plot(rates, path, title=title)
+
+
+def au_per_emotion_plot(aus, predicted_emotion, path,
+                        title: str = "Mean AU score per predicted emotion") -> str:
+    """Heat map: rows = predicted emotions, columns = the 17 AUs, cell = mean
+    sigmoid AU score of the faces predicted as that emotion (SJMT Fig 2: AUs
+    predicted for emotion-only images)."""
+    aus = np.asarray(aus, np.float64).reshape(-1, contract.NUM_AUS)
+    pred = np.asarray(predicted_emotion, np.int64)
+    classes = _present_classes(pred)
+    table = np.stack([aus[pred == c].mean(0) for c in classes])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.45 * len(classes)))
+    im = ax.imshow(table, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(contract.NUM_AUS), contract.AU_NAMES, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)),
+                  [f"{contract.EMOTIONS[c]} ({int((pred == c).sum())})" for c in classes],
+                  fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def example_faces(samples: Sequence[contract.FaceSample], size: int,
+                  per_class: int = 1, max_faces: int = 6) -> np.ndarray:
+    """Model-input images ``[N, size, size, 1]``: ``per_class`` labelled faces
+    of each emotion present, in emotion order, at most ``max_faces``."""
+    from models import inputs
+
+    chosen, seen = [], {}
+    for s in samples:
+        if s.emotion >= 0 and seen.get(s.emotion, 0) < per_class:
+            seen[s.emotion] = seen.get(s.emotion, 0) + 1
+            chosen.append(s)
+    chosen = sorted(chosen, key=lambda s: s.emotion)[:max_faces]
+    if not chosen:
+        raise ValueError("no labelled face to show")
+    return np.asarray(next(iter(inputs.dataset_from_samples(chosen, size, len(chosen))))["image"])
+
+
+def image_grid(faces, columns: Sequence[tuple], path, title: str, cell: float = 1.25) -> str:
+    """Rows = ``faces`` ``[N, S, S, 1]``; first column the face, then one column
+    per ``(header, images [N, h, w], cmap)`` (values shown on a fixed 0..1 scale)."""
+    faces = np.asarray(faces, np.float32)
+    plt = _plt()
+    n, cols = len(faces), 1 + len(columns)
+    fig, axes = plt.subplots(n, cols, figsize=(cell * cols, cell * n + 0.4), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(faces[i, ..., 0], cmap="gray", vmin=0, vmax=1)
+        for j, (_, images, cmap) in enumerate(columns):
+            axes[i, 1 + j].imshow(np.clip(images[i], 0, 1), cmap=cmap, vmin=0, vmax=1)
+    for j, (header, _, _) in enumerate([("input", None, None)] + list(columns)):
+        axes[0, j].set_title(header, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def convflu_gate_plot(model, faces, path, title: str = "ConvFLU gates") -> str:
+    """For each face: the input, then per transfer block the channel-mean of
+    the recognition stream's leaky gate ``r_x`` (what it takes from the
+    synthesis stream) and of the synthesis stream's ``r_y`` (FERSNet Fig 3)."""
+    from models.fersnet import gate_maps
+
+    faces = np.asarray(faces, np.float32)
+    gates = gate_maps(model, faces)
+    columns = [(f"{gate} {block}", gates[block][gate].mean(-1), "magma")
+               for gate in ("r_x", "r_y") for block in sorted(gates)]
+    return image_grid(faces, columns, path, title, cell=1.3)
+
+
+def synthesis_grid_plot(model, faces, path, title: str = "Synthesized expressions",
+                        emotions: Sequence[str] = contract.BASIC7) -> str:
+    """Rows = input faces; columns = the input, then ``G(face, target)`` for
+    every target expression (FERSNet Fig 4)."""
+    from models.fersnet import synthesize
+
+    faces = np.asarray(faces, np.float32)
+    targets = [contract.canonical_emotion(e) for e in emotions]
+    n = len(faces)
+    fakes = synthesize(model, np.repeat(faces, len(targets), axis=0),
+                       np.tile(np.asarray(targets, np.int64), n))
+    fakes = fakes.reshape(n, len(targets), *faces.shape[1:3])
+    columns = [(e, fakes[:, j], "gray") for j, e in enumerate(emotions)]
+    return image_grid(faces, columns, path, title, cell=1.2)
+
+
+def accuracy_bars(summary: Sequence[Mapping[str, Any]], path,
+                  title: str = "Accuracy per method") -> str:
+    """Bars of ``accuracy_mean`` (± ``accuracy_std``) and ``balanced_mean`` per
+    method (the rows of :func:`pipeline.benchmark.summarize`)."""
+    if not summary:
+        raise ValueError("no results to plot")
+    plt = _plt()
+    names = [s["method"] for s in summary]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(names), 3.4))
+    ax.bar(x - 0.2, [s["accuracy_mean"] for s in summary], 0.4,
+           yerr=[s["accuracy_std"] for s in summary], label="accuracy", capsize=3)
+    ax.bar(x + 0.2, [s["balanced_mean"] for s in summary], 0.4, label="balanced accuracy")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ = ["confusion_matrix_plot", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
+           "example_faces", "convflu_gate_plot", "synthesis_grid_plot", "accuracy_bars"]
