@@ -100,6 +100,12 @@ def run_fn(fn_args) -> None:
         result = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                            validation_data=eval_ds, callbacks=callbacks, verbose=2)
         history = {k: [float(x) for x in v] for k, v in result.history.items()}
+        if hasattr(method, "post_fit"):   # e.g. FERSNet's FES augmentation + fine-tuning
+            once = _dataset(fn_args.train_files, spec, batch_size, training=False, repeat=False)
+            post = method.post_fit(model, cfg, train_data=once)
+            if post is not None:
+                history.update({f"post_fit_{k}": [float(x) for x in v]
+                                for k, v in post.history.items()})
     else:
         log.warning("epochs = 0: exporting the untrained model")
 

@@ -399,8 +399,14 @@ def train(method_name: Union[str, Method], train_samples_or_files: Data,
                         steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
                         validation_freq=validation_freq, callbacks=cbs, verbose=verbose)
     if post_fit and hasattr(method, "post_fit"):
-        method.post_fit(model, cfg, train_samples=(train_samples_or_files if
-                                                   _is_samples(train_samples_or_files) else None))
+        if _is_samples(train_samples_or_files):
+            method.post_fit(model, cfg, train_samples=train_samples_or_files)
+        elif isinstance(train_samples_or_files, tf.data.Dataset):
+            method.post_fit(model, cfg, train_data=train_samples_or_files)   # must be finite
+        else:
+            once, _ = make_dataset(train_samples_or_files, size, batch_size, datasets,
+                                   training=False, compression=compression)
+            method.post_fit(model, cfg, train_data=once)
     return method, model, cfg, history
 
 

@@ -77,6 +77,8 @@ def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str) -> Dict[s
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key}: expected a mapping, got {value!r}")
             out[key] = _merge(base[key], value, f"{where}.{key}")
+        elif key == "overrides" and isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = {**base[key], **value}     # method config keys, checked by the method
         else:
             out[key] = value
     return out

@@ -53,6 +53,8 @@ def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix")
     y_pred = np.asarray(y_pred, np.int64)
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} labels vs {len(y_pred)} predictions")
+    keep = y_true >= 0                                   # unlabelled faces are not counted
+    y_true, y_pred = y_true[keep], y_pred[keep]
     classes = _present_classes(y_true, y_pred)
     index = {c: i for i, c in enumerate(classes)}
     cm = np.zeros((len(classes), len(classes)), np.int64)

@@ -8,18 +8,7 @@ stamp=.venv/.installed
 if [[ -f $stamp && $stamp -nt setup.py && $stamp -nt constraints.txt ]]; then
   echo "setup: .venv is up to date"; exit 0
 fi
-find_py310() {
-  if command -v python3.10 >/dev/null 2>&1 && python3.10 -c 'import sys; assert sys.version_info[:2]==(3,10)' 2>/dev/null; then
-    command -v python3.10; return
-  fi
-  if command -v pyenv >/dev/null 2>&1; then
-    local root; root=$(pyenv root)
-    for p in "$root"/versions/3.10.*/bin/python3.10; do
-      [[ -x $p ]] && { echo "$p"; return; }
-    done
-  fi
-  return 1
-}
+source scripts/python310.sh
 if [[ ! -x .venv/bin/python ]]; then
   py=$(find_py310) || {
     echo "setup: ERROR: CPython 3.10 is required (TFX 1.16 supports 3.9-3.10) and none was found." >&2

@@ -316,3 +316,31 @@ def test_fes_balanced_synthesis_and_fine_tune(short_fit, split):
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(cls_before,
                                                                     model.classifier.weights))
     assert model.stage == "joint"
+
+
+def test_fes_on_model_input_batches_matches_samples(short_fit, split):
+    """The Trainer's FES path (Transform-output batches, no FaceSample objects)
+    synthesizes the same jobs as the sample path and fine-tunes the recognition
+    stream only."""
+    _, model, cfg, _ = short_fit
+    faces = split[0][:20]
+    batches = inputs.dataset_from_samples(faces, SIZE, 8, datasets=("synth_lab",))
+    arrays = F.synthesize_balanced_arrays(model, batches)
+    expected = F.synthesize_balanced(model, faces)
+    assert len(arrays["emotion"]) == len(expected)
+    assert sorted(arrays["emotion"].tolist()) == sorted(s.emotion for s in expected)
+    assert arrays["image"].dtype == np.uint8 and arrays["image"].shape[1:] == (SIZE, SIZE, 1)
+    ds, steps = F.fes_training_dataset(batches, arrays, batch_size=8)
+    assert steps == (len(faces) + len(expected)) // 8
+    batch = next(iter(ds))
+    assert batch["image"].shape == (8, SIZE, SIZE, 1) and batch["image"].dtype == tf.float32
+    dec_before = [np.array(v) for v in model.decoder.weights]
+    cls_before = [np.array(v) for v in model.classifier.weights]
+    hist = F.FERSNet().post_fit(model, {**cfg, "fes_augment": True, "fes_epochs": 1},
+                                train_data=batches)
+    assert "cls_loss" in hist.history and model.stage == "joint"
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(dec_before,
+                                                                model.decoder.weights))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(cls_before,
+                                                                    model.classifier.weights))
+    assert F.FERSNet().post_fit(model, cfg, train_data=batches) is None   # flag off: no-op

@@ -168,19 +168,37 @@ def test_anomaly_stops_the_run(tmp_path):
 def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp_path):
     """The Trainer's run_fn on the run's Transform output, for every other method
     (a few steps each): what `fermtl run --method NAME` executes."""
+    # The run's Transform resizes to 48 px; trace-norm's ResNet-34 leaves a 2x2 map
+    # there, too small for its 3x3 pool.
+    extra = {"tracenorm": {"pool_size": 1}}.get(method_name, {})
+    _run_trainer_module(good_run, method_name, extra, tmp_path)
+    assert os.path.exists(tmp_path / "run" / "history.json")
+
+
+def test_trainer_module_runs_fersnet_fes_augmentation(good_run, tmp_path):
+    """`fermtl run --method fersnet --fes-augment`: after fit, the Trainer module
+    synthesizes every expression for each Transform-output face and fine-tunes."""
+    import json
+
+    _run_trainer_module(good_run, "fersnet", {"fes_augment": True, "fes_epochs": 1}, tmp_path)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert history["post_fit_cls_loss"] and history["cls_loss"]
+
+
+def _run_trainer_module(good_run, method_name, overrides, tmp_path):
+    """run_fn for ``method_name`` (small preset at 48 px + ``overrides``, 2 steps)
+    on the good run's Transform output; checks the export serves raw images."""
     import tensorflow as tf
     from tfx.components.trainer.fn_args_utils import FnArgs
 
+    from components import synthetic
     from models import trainer_module
     from models.registry import get_method
 
     root = good_run.pipeline_root
     transformed = glob.glob(os.path.join(root, "Transform", "transformed_examples", "*"))[0]
     graph = glob.glob(os.path.join(root, "Transform", "transform_graph", "*"))[0]
-    # The run's Transform resizes to 48 px; trace-norm's ResNet-34 leaves a 2x2 map
-    # there, too small for its 3x3 pool.
-    extra = {"tracenorm": {"pool_size": 1}}.get(method_name, {})
-    cfg = get_method(method_name).config("small", image_size=48, **extra)
+    cfg = get_method(method_name).config("small", image_size=48, **overrides)
     cfg["datasets"] = ["synth_lab", "synth_wild"]
     serving_dir = str(tmp_path / "serving")
     trainer_module.run_fn(FnArgs(
@@ -190,10 +208,7 @@ def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp
         serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
         custom_config={"method": cfg, "epochs": 1, "batch_size": 16}))
     loaded = tf.saved_model.load(serving_dir)
-    from components import synthetic
-
     images = [s.image for s in synthetic.generate(n_subjects=1, samples_per_emotion=1,
                                                   domains=("wild",), size=64, seed=5)][:3]
     out = loaded.signatures["serving_default"](images=tf.constant(images))
     assert out["probabilities"].shape == (3, 8)
-    assert os.path.exists(tmp_path / "run" / "history.json")

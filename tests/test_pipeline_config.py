@@ -67,6 +67,22 @@ def test_cli_overrides(tmp_path):
                  "evaluation": {"min_accuracy": 0.5}}
 
 
+def test_fes_augment_flag_merges_into_the_method_overrides(tmp_path):
+    from pipeline.commands.run import _overrides
+
+    class Args:
+        method = "fersnet"
+        preset = None
+        fes_augment = True
+        set = ["method.overrides.fes_epochs=2"]
+
+    raw = {"data": {"sources": [{"reader": "synthetic", "dataset": "s"}]},
+           "method": {"name": "baseline", "preset": "small", "overrides": {"batch_size": 8}}}
+    config = load_config(raw=raw, overrides=_overrides(Args))
+    assert config.method["name"] == "fersnet"
+    assert config.method["overrides"] == {"batch_size": 8, "fes_augment": True, "fes_epochs": 2}
+
+
 def test_anomaly_gate_reads_and_formats_anomalies(tmp_path):
     from tensorflow_metadata.proto.v0 import anomalies_pb2
     from tfx.types import artifact_utils, standard_artifacts

@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--preset", help="override method.preset (small | paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. train.epochs=2 (YAML value)")
+    p.add_argument("--fes-augment", action="store_true",
+                   help="FERSNet: after training, synthesize every expression for each "
+                        "training face (FES) and fine-tune the recognition stream on the "
+                        "balanced set (= --set method.overrides.fes_augment=true)")
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -41,6 +45,8 @@ def _overrides(args) -> dict:
         out.setdefault("method", {})["name"] = args.method
     if getattr(args, "preset", None):
         out.setdefault("method", {})["preset"] = args.preset
+    if getattr(args, "fes_augment", False):
+        out.setdefault("method", {}).setdefault("overrides", {})["fes_augment"] = True
     for item in getattr(args, "set", []):
         if "=" not in item:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")

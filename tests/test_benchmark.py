@@ -1,0 +1,172 @@
+"""`fermtl benchmark` (pipeline/benchmark.py) and the figures (pipeline/figures.py):
+protocols on synthetic faces, the results table, every figure function, and
+one tiny end-to-end run of the command (k-fold, resumable)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from components import contract, synthetic
+from components.ingestion import splits as splits_lib
+from pipeline import benchmark as B
+from pipeline import figures
+
+
+def _samples(n_subjects=12, with_subjects=True):
+    out = list(synthetic.generate(n_subjects=n_subjects, samples_per_emotion=1,
+                                  domains=("lab", "wild"), emotions=contract.BASIC7, size=32,
+                                  seed=0))
+    for i, s in enumerate(out):
+        s.dataset = f"synth_{s.domain}"
+        s.split = "eval" if i % 4 == 0 else "train"
+        if not with_subjects:
+            s.subject = ""
+    return out
+
+
+@pytest.mark.parametrize("with_subjects", [True, False])
+def test_kfold_is_subject_disjoint_and_tests_every_sample_once(with_subjects):
+    samples = _samples(with_subjects=with_subjects)
+    folds = B.make_folds(samples, "kfold", k=4, seed=3)
+    assert len(folds) == 4
+    tested = [s.uid for f in folds for s in f.test]
+    assert sorted(tested) == sorted(s.uid for s in samples)          # each exactly once
+    for f in folds:
+        train_keys = {splits_lib.split_key(s) for s in f.train}
+        test_keys = {splits_lib.split_key(s) for s in f.test}
+        assert not train_keys & test_keys                            # no shared subject
+        assert len(f.train) + len(f.test) == len(samples)
+    if with_subjects:   # all images of one subject sit in one fold
+        fold_of = {}
+        for i, f in enumerate(folds):
+            for s in f.test:
+                assert fold_of.setdefault(splits_lib.split_key(s), i) == i
+
+
+def test_holdout_and_cross_protocols():
+    samples = _samples()
+    (hold,) = B.make_folds(samples, "holdout")
+    assert {s.split for s in hold.train} == {"train"} and {s.split for s in hold.test} == {"eval"}
+    assert len(hold.train) + len(hold.test) == len(samples)
+    (cross,) = B.make_folds(samples, "cross", train_datasets=["synth_lab"],
+                            test_datasets=["synth_wild"])
+    assert {s.dataset for s in cross.train} == {"synth_lab"}
+    assert {s.dataset for s in cross.test} == {"synth_wild"}
+    assert cross.name == "synth_lab-to-synth_wild"
+
+
+def test_protocol_errors_are_clear():
+    samples = _samples(n_subjects=3)
+    with pytest.raises(B.BenchmarkError, match="not in the data"):
+        B.make_folds(samples, "cross", train_datasets=["synth_lab"], test_datasets=["ckplus"])
+    with pytest.raises(B.BenchmarkError, match="both a train and a test"):
+        B.make_folds(samples, "cross", train_datasets=["synth_lab"],
+                     test_datasets=["synth_lab"])
+    with pytest.raises(B.BenchmarkError, match="empty .* fewer folds"):
+        B.make_folds(samples, "kfold", k=50)
+    with pytest.raises(B.BenchmarkError, match="unknown protocol"):
+        B.make_folds(samples, "loso")
+    with pytest.raises(B.BenchmarkError, match="unknown methods"):
+        B.resolve_methods("baseline,resnet")
+    assert B.resolve_methods("all") == list(B.ALL_METHODS)
+
+
+def _row(method, fold, acc, recall_happy):
+    recall = {e: None for e in contract.EMOTIONS}
+    recall.update(happiness=recall_happy, sadness=0.5)
+    return {"method": method, "preset": "small", "fold": fold, "image_size": 48,
+            "params": 1234, "epochs": 3, "train_seconds": 60.0, "accuracy": acc,
+            "balanced_accuracy": acc - 0.1, "per_class_recall": recall,
+            "hardware": "test CPU, 2 cores", "commit": "abc1234"}
+
+
+def test_write_table_mean_std_per_class_and_csv(tmp_path):
+    rows = [_row("baseline", "fold0", 0.6, 0.8), _row("baseline", "fold1", 0.8, 1.0),
+            _row("sjmt", "holdout", 0.5, 0.4)]
+    paths = B.write_table(rows, str(tmp_path), seed_reported={"sjmt": "paper: 70 %"},
+                          notes=["Protocol: test."])
+    md = open(paths["markdown"]).read()
+    assert "| baseline | small | 48² | 1,234 | 2 | 3 | 70.0% ± 10.0% | 60.0% |" in md
+    assert "recall happiness" in md and "recall anger" not in md     # absent classes dropped
+    assert "paper: 70 %" in md and "test CPU, 2 cores" in md and "abc1234" in md
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == ["baseline", "sjmt"]
+    assert float(table[0]["accuracy_mean"]) == pytest.approx(0.7)
+    assert float(table[0]["accuracy_std"]) == pytest.approx(0.1)
+    assert float(table[0]["recall_happiness"]) == pytest.approx(0.9)
+    assert float(table[0]["train_minutes"]) == pytest.approx(2.0)
+
+
+def _png_ok(path):
+    assert os.path.getsize(path) > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_array_figures_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 120)
+    pred = np.where(rng.random(120) < 0.6, y, rng.integers(0, 7, 120))
+    _png_ok(figures.confusion_matrix_plot(y, pred, tmp_path / "cm.png"))
+    feats = rng.normal(size=(120, 16)) + y[:, None]                  # separable clusters
+    _png_ok(figures.tsne_plot(feats, y, tmp_path / "tsne.png"))
+    _png_ok(figures.au_per_emotion_plot(rng.random((120, contract.NUM_AUS)), pred,
+                                        tmp_path / "au.png"))
+    _png_ok(figures.trace_norm_rates_plot(rng.random(33), tmp_path / "tn.png"))
+    summary = B.summarize([_row("baseline", "f0", 0.6, 0.8), _row("baseline", "f1", 0.7, 0.8)])
+    _png_ok(figures.accuracy_bars(summary, tmp_path / "acc.png"))
+    with pytest.raises(ValueError, match="no labelled"):
+        figures.confusion_matrix_plot([-1], [0], tmp_path / "x.png")
+
+
+def test_fersnet_figures_write_pngs(tmp_path):
+    from models import fersnet as F
+
+    method = F.FERSNet()
+    cfg = method.config("small", image_size=32, filters=[4, 4, 8, 8],
+                        decoder_filters=[8, 8, 4, 4], fc_units=8, disc_filters=[4, 4, 4])
+    model = method.build(cfg)
+    faces = figures.example_faces(_samples(n_subjects=2), 32, max_faces=3)
+    assert faces.shape == (3, 32, 32, 1)
+    _png_ok(figures.convflu_gate_plot(model, faces, tmp_path / "gates.png"))
+    _png_ok(figures.synthesis_grid_plot(model, faces, tmp_path / "grid.png"))
+
+
+def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
+    from pipeline import cli
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "sources:\n"
+        "  - reader: synthetic\n"
+        "    dataset: synth\n"
+        "    aligned: true\n"
+        "    options: {n_subjects: 24, samples_per_emotion: 1, size: 48, seed: 0,\n"
+        "              domains: [lab], emotions: [anger, happiness, surprise]}\n"
+        "image_size: 48\n"
+        "detector: none\n")
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--data", str(spec), "--methods", "baseline", "--protocol", "kfold",
+            "--k", "3", "--folds", "2", "--epochs", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    md = (out / "results.md").read_text()
+    assert "| baseline | small |" in md and "±" in md and "kfold" in md
+    rows = json.loads((out / "rows.json").read_text())
+    assert [r["fold"] for r in rows] == ["fold0", "fold1"]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0
+        for name in ("confusion", "tsne"):
+            _png_ok(r["figures"][name])
+        assert os.path.exists(out / "runs" / "baseline" / r["fold"] / "checkpoints")
+    _png_ok(out / "accuracy.png")
+    first = (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime
+    capsys.readouterr()
+    assert cli.main(argv) == 0                                       # resumes: reuses results
+    assert (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime == first
+    assert "| baseline | small |" in capsys.readouterr().out
