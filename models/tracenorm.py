@@ -471,7 +471,8 @@ class TraceNormMTL(Method):
         net = model.net
         return keras.Model(net.input,
                            {"probabilities": net.get_layer("probabilities").output,
-                            "landmarks": net.get_layer("landmarks").output},
+                            "landmarks": net.get_layer("landmarks").output,
+                            "embedding": net.output["emotion_features"]},
                            name="tracenorm_inference")
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):

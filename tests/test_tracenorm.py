@@ -145,7 +145,7 @@ def test_save_load_identical_predictions(trained, data, tmp_path):
     images = _mixed_batch(data)["image"]
     infer = method.inference_model(model, cfg)
     ref = {k: np.asarray(v) for k, v in infer(images, training=False).items()}
-    assert set(ref) >= {"probabilities", "landmarks"}
+    assert set(ref) >= {"probabilities", "landmarks", "embedding"}   # embedding: t-SNE plots
     assert ref["probabilities"].shape == (16, 8) and ref["landmarks"].shape == (16, 136)
     # label space learned from the lab data: contempt was never labelled
     assert np.all(ref["probabilities"][:, contract.EMOTIONS.index("contempt")] == 0)
