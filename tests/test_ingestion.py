@@ -115,6 +115,19 @@ def test_split_key_is_subject_else_uid():
     assert splits.split_key(b) == "fer/uid:fer/2"
 
 
+def test_one_person_rendered_in_two_domains_is_one_subject():
+    """The synthetic source writes the same people to synth_lab and synth_wild:
+    they must land on one side of every split and in one fold."""
+    lab = contract.FaceSample(image=b"x", dataset="synth_lab", domain="lab", uid="l1",
+                              subject="synth_s0003")
+    wild = contract.FaceSample(image=b"x", dataset="synth_wild", domain="wild", uid="w1",
+                               subject="synth_s0003")
+    other = contract.FaceSample(image=b"x", dataset="ck_wild", domain="lab", uid="c1",
+                                subject="synth_s0003")
+    assert splits.split_key(lab) == splits.split_key(wild) == "synth/subject:synth_s0003"
+    assert splits.split_key(other) == "ck_wild/subject:synth_s0003"   # not a domain suffix
+
+
 def test_eval_fraction_is_about_right_and_stable():
     keys = [f"d/subject:{i}" for i in range(4000)]
     got = [splits.assign_split(k, 0.2, seed=7) for k in keys]

@@ -27,12 +27,25 @@ from components import contract
 SPLITS = ("train", "eval")
 
 
+def population(sample: contract.FaceSample) -> str:
+    """The group of people a sample's subject id belongs to: its dataset, with a
+    ``_<domain>`` suffix removed. One source rendered in several domains (the
+    synthetic source writes ``synth_lab`` and ``synth_wild``) shows the *same*
+    people in each, so their subjects must not be told apart by domain."""
+    suffix = f"_{sample.domain}" if sample.domain else ""
+    if suffix and sample.dataset.endswith(suffix) and len(sample.dataset) > len(suffix):
+        return sample.dataset[:-len(suffix)]
+    return sample.dataset
+
+
 def split_key(sample: contract.FaceSample) -> str:
-    """``"<dataset>/subject:<subject>"``, or ``"<dataset>/uid:<uid>"`` when the
-    subject is unknown (each image is then its own subject). Subject ids are
-    scoped by dataset: subject ``S005`` of two datasets are two people."""
+    """``"<population>/subject:<subject>"``, or ``"<dataset>/uid:<uid>"`` when
+    the subject is unknown (each image is then its own subject). Subject ids
+    are scoped by population (:func:`population`): subject ``S005`` of two
+    datasets are two people, subject ``synth_s0003`` of ``synth_lab`` and
+    ``synth_wild`` is one."""
     if sample.subject:
-        return f"{sample.dataset}/subject:{sample.subject}"
+        return f"{population(sample)}/subject:{sample.subject}"
     return f"{sample.dataset}/uid:{sample.uid}"
 
 
