@@ -520,6 +520,40 @@ def resolve_methods(methods) -> List[str]:
     return list(methods)
 
 
+SETTING_KEYS = ("preset", "overrides", "epochs", "minutes")
+
+
+def load_settings(path: str) -> Dict[str, Any]:
+    """Benchmark settings YAML -> ``{"methods": {...}, "seed_reported": {...}}``.
+
+    Validates the keys so a typo fails before an hour of training, not after.
+    """
+    import yaml
+
+    from models import registry
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise BenchmarkError(f"{path}: expected a mapping with 'methods' / 'seed_reported'")
+    unknown = sorted(set(raw) - {"methods", "seed_reported"})
+    if unknown:
+        raise BenchmarkError(f"{path}: unknown keys {unknown} (known: methods, seed_reported)")
+    methods = raw.get("methods") or {}
+    known = set(registry.method_names())
+    for name, setting in methods.items():
+        if name not in known:
+            raise BenchmarkError(f"{path}: unknown method {name!r}; known: {sorted(known)}")
+        bad = sorted(set(setting or {}) - set(SETTING_KEYS))
+        if bad:
+            raise BenchmarkError(f"{path}: methods.{name}: unknown keys {bad} "
+                                 f"(known: {', '.join(SETTING_KEYS)})")
+        if "preset" in (setting or {}):
+            registry.get_method(name).config(setting["preset"], **(setting.get("overrides") or {}))
+    return {"methods": {k: dict(v or {}) for k, v in methods.items()},
+            "seed_reported": dict(raw.get("seed_reported") or {})}
+
+
 def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", k: int = 10,
                   train_datasets: Sequence[str] = (), test_datasets: Sequence[str] = (),
                   method_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,

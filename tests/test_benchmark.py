@@ -85,6 +85,27 @@ def _row(method, fold, acc, recall_happy):
             "hardware": "test CPU, 2 cores", "commit": "abc1234"}
 
 
+def test_shipped_benchmark_settings_load():
+    folder = os.path.join(os.path.dirname(B.__file__), "configs", "benchmarks")
+    names = [n for n in os.listdir(folder) if n.endswith(".yaml")]
+    assert names
+    for name in names:
+        settings = B.load_settings(os.path.join(folder, name))
+        assert settings["methods"], name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methds: {}", "unknown keys \\['methds'\\]"),
+    ("methods: {nope: {minutes: 1}}", "unknown method 'nope'"),
+    ("methods: {baseline: {minute: 1}}", "methods.baseline: unknown keys \\['minute'\\]"),
+])
+def test_benchmark_settings_errors_name_the_field(tmp_path, text, message):
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    with pytest.raises(B.BenchmarkError, match=message):
+        B.load_settings(str(path))
+
+
 def test_write_table_mean_std_per_class_and_csv(tmp_path):
     rows = [_row("baseline", "fold0", 0.6, 0.8), _row("baseline", "fold1", 0.8, 1.0),
             _row("sjmt", "holdout", 0.5, 0.4)]

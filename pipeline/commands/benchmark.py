@@ -2,7 +2,7 @@
 k-fold, cross-dataset); writes a results table and the seeds' figures.
 
     fermtl benchmark --data pipeline/configs/data/fer2013.yaml --methods all \\
-        --protocol holdout --settings pipeline/configs/benchmark_fer2013.yaml --out runs/bench
+        --protocol holdout --settings pipeline/configs/benchmarks/fer2013.yaml --out runs/bench
 
 ``--settings`` is an optional YAML with per-method ``preset`` / ``overrides`` /
 ``epochs`` / ``minutes`` and the numbers each seed paper reports::
@@ -37,9 +37,11 @@ def register(sub) -> None:
     p.add_argument("--test-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--settings", help="YAML with per-method settings and seed-reported numbers")
     p.add_argument("--preset", default="small", help="preset for methods without settings")
-    p.add_argument("--epochs", type=int, help="epochs per run (default: preset or --minutes)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs per run for every method (overrides --settings)")
     p.add_argument("--minutes", type=float,
-                   help="CPU budget per run: epochs are calibrated to fit it")
+                   help="CPU budget per run for every method: epochs are calibrated to fit "
+                        "it (overrides --settings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output folder (resumable)")
     p.add_argument("--no-figures", action="store_true")
@@ -65,22 +67,23 @@ def _names(text: str):
 
 
 def cmd_benchmark(args) -> int:
-    from pipeline.benchmark import BenchmarkError, run_benchmark
+    from pipeline.benchmark import BenchmarkError, load_settings, run_benchmark
 
-    settings = {}
-    if args.settings:
-        with open(args.settings) as f:
-            settings = yaml.safe_load(f) or {}
-    unknown = set(settings) - {"methods", "seed_reported"}
-    if unknown:
-        raise SystemExit(f"{args.settings}: unknown keys {sorted(unknown)} "
-                         "(known: methods, seed_reported)")
+    try:
+        settings = load_settings(args.settings) if args.settings else {}
+    except BenchmarkError as exc:
+        raise SystemExit(f"benchmark: {exc}")
+    methods_settings = settings.get("methods") or {}
+    if args.epochs is not None or args.minutes is not None:  # explicit flags win over the file
+        methods_settings = {name: {k: v for k, v in setting.items()
+                                   if k not in ("epochs", "minutes")}
+                            for name, setting in methods_settings.items()}
     try:
         result = run_benchmark(
             data_spec_of(args.data), os.path.abspath(args.out), methods=args.methods,
             protocol=args.protocol, k=args.k, train_datasets=_names(args.train_datasets),
             test_datasets=_names(args.test_datasets),
-            method_settings=settings.get("methods") or {}, preset=args.preset,
+            method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
             figures=not args.no_figures, seed_reported=settings.get("seed_reported") or {})
     except BenchmarkError as exc:
