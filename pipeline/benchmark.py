@@ -347,6 +347,8 @@ def run_one(method_name: str, fold: Fold, run_dir: str, preset: str = "small",
         verbose=2)
     train_s = clock.save(time.perf_counter() - start) if history.history else clock.before
     model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, default=str)
 
     metrics = training.evaluate(method, model, cfg, fold.test)
     arrays = collect_predictions(method, model, cfg, fold.test)
@@ -372,6 +374,34 @@ def run_one(method_name: str, fold: Fold, run_dir: str, preset: str = "small",
     log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", method_name, fold.name,
              row["accuracy"], row["balanced_accuracy"], row["train_seconds"])
     return row
+
+
+def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
+    """``(method, model, cfg)`` of a finished run, rebuilt from its
+    ``config.json`` (or ``result.json``'s preset + overrides, with ``datasets``)
+    and ``final.weights.h5`` — e.g. to export or time it later."""
+    from models.registry import get_method
+
+    cfg_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        method = get_method(saved["method"])
+        cfg = method.config(saved["preset"])
+        cfg.update(saved)
+    else:
+        with open(os.path.join(run_dir, "result.json")) as f:
+            row = json.load(f)
+        if not datasets:
+            raise BenchmarkError(f"{run_dir}: no config.json; pass the run's training datasets")
+        method = get_method(row["method"])
+        cfg = method.config(row["preset"], **row.get("overrides", {}))
+        cfg["datasets"] = list(datasets)
+    from models import training
+
+    model = method.build(cfg)
+    training.restore(model, os.path.join(run_dir, "final.weights.h5"))
+    return method, model, cfg
 
 
 def run_figures(method_name: str, method, model, cfg, fold: Fold, arrays: Mapping,

@@ -191,3 +191,42 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
     assert cli.main(argv) == 0                                       # resumes: reuses results
     assert (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime == first
     assert "| baseline | small |" in capsys.readouterr().out
+    samples, _ = B.load_samples(str(spec), str(out / "data"))
+    fold0 = B.make_folds(samples, "kfold", k=3, seed=0)[0]
+    _check_rebuilt_run_serves_raw_images(out / "runs" / "baseline" / "fold0", fold0.test,
+                                         tmp_path)
+
+
+def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
+    """A finished run rebuilds from its weights with the predictions it saved, and
+    benchmarks/serve_speed.py answers a class folder of JPEGs through the export."""
+    import importlib.util
+
+    from PIL import Image
+
+    from models import training
+
+    method, model, cfg = B.load_run_model(str(run_dir))
+    probs = np.concatenate([out["probabilities"] for _, out in
+                            training.predict(method, model, cfg, samples)])
+    np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
+                               atol=1e-5)
+
+    folder = tmp_path / "faces"
+    for i, s in enumerate(samples):
+        d = folder / contract.EMOTIONS[s.emotion]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(contract.decode_png(s.image).squeeze()).save(d / f"{i}.jpg", quality=95)
+    spec = importlib.util.spec_from_file_location(
+        "serve_speed", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                    "serve_speed.py"))
+    serve_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_speed)
+    out = tmp_path / "serve.json"
+    assert serve_speed.main([str(run_dir), "--data", str(folder), "--single", "3",
+                             "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["method"] == "baseline" and row["images"] == len(samples)
+    expected = float((probs.argmax(-1) == np.asarray([s.emotion for s in samples])).mean())
+    assert abs(row["accuracy"] - expected) <= 1.0 / len(samples) + 1e-9  # JPEG may flip one
+    assert row["images_per_second_batch1"] > 0 and row["images_per_second_batch64"] > 0
