@@ -194,7 +194,8 @@ def _count_records(files, compression) -> int:
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
-def _dataset_names(data, compression=None) -> Tuple[str, ...]:
+def dataset_names(data, compression=None) -> Tuple[str, ...]:
+    """Sorted dataset names found in samples, TFRecord files or a batched dataset."""
     if _is_samples(data):
         return tuple(sorted({s.dataset for s in data}))
     if isinstance(data, tf.data.Dataset):
@@ -350,7 +351,7 @@ def train(method_name: Union[str, Method], train_samples_or_files: Data,
         keras.utils.set_random_seed(seed)
     batch_size = int(batch_size or cfg.get("batch_size", 32))
     if datasets is None:
-        datasets = cfg.get("datasets") or _dataset_names(train_samples_or_files, compression)
+        datasets = cfg.get("datasets") or dataset_names(train_samples_or_files, compression)
     cfg["datasets"] = list(datasets)
     size = int(cfg["image_size"])
 

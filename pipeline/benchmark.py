@@ -270,38 +270,47 @@ def _features(outputs: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
     return None
 
 
-def collect_predictions(method, model, cfg, samples, max_features: int = MAX_FEATURES):
+def collect_predictions(method, model, cfg, samples, max_features: int = MAX_FEATURES,
+                        seed: int = 0):
     """Arrays of the inference model over labelled ``samples`` for figures:
-    ``emotion`` (truth), ``probabilities``, ``features`` (embedding, else
-    logits; first ``max_features`` rows), ``aus`` (when predicted), ``dataset``."""
+    ``emotion`` (truth), ``probabilities``, ``aus`` (when predicted),
+    ``dataset_id``, and ``features`` (embedding, else logits) of at most
+    ``max_features`` rows drawn at random (``feature_index``: their rows), so a
+    test set stored class by class still shows every class."""
     from models import training
 
+    n = len(samples)
+    picked = np.zeros(n, bool)
+    picked[np.random.default_rng(seed).permutation(n)[:max_features]] = True
     cols: Dict[str, List[np.ndarray]] = {}
+    start = 0
     for batch, out in training.predict(method, model, cfg, samples):
+        rows = np.arange(start, start + len(batch["emotion"]))
+        start = rows[-1] + 1
         cols.setdefault("emotion", []).append(batch["emotion"])
         cols.setdefault("dataset_id", []).append(batch.get("dataset_id",
                                                            np.zeros_like(batch["emotion"])))
         cols.setdefault("probabilities", []).append(out["probabilities"])
         feats = _features(out)
-        if feats is not None and sum(len(x) for x in cols.get("features", [])) < max_features:
-            cols.setdefault("features", []).append(feats)
+        if feats is not None:
+            cols.setdefault("features", []).append(feats[picked[rows]])
+            cols.setdefault("feature_index", []).append(rows[picked[rows]])
         if "aus" in out:
             cols.setdefault("aus", []).append(out["aus"])
-    arrays = {k: np.concatenate(v) for k, v in cols.items()}
-    if "features" in arrays:
-        arrays["features"] = arrays["features"][:max_features]
-    return arrays
+    return {k: np.concatenate(v) for k, v in cols.items()}
 
 
 def run_one(method_name: str, fold: Fold, run_dir: str, preset: str = "small",
             overrides: Optional[Mapping[str, Any]] = None, epochs: Optional[int] = None,
             minutes: Optional[float] = None, seed: int = 0, figures: bool = True,
-            provenance: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+            provenance: Optional[Mapping[str, str]] = None,
+            redo_figures: bool = False) -> Dict[str, Any]:
     """Train, evaluate and plot one method on one fold; returns its result row.
 
     ``epochs``: the epoch count (default: the preset's, or calibrated from
-    ``minutes`` when given). Reuses ``run_dir/result.json`` when present;
-    resumes from ``run_dir/checkpoints`` otherwise.
+    ``minutes`` when given). Reuses ``run_dir/result.json`` when present
+    (``redo_figures``: then rebuilds the model from its weights and redraws the
+    figures); resumes from ``run_dir/checkpoints`` otherwise.
     """
     import keras
 
@@ -312,7 +321,10 @@ def run_one(method_name: str, fold: Fold, run_dir: str, preset: str = "small",
     if os.path.exists(result_path):
         with open(result_path) as f:
             log.info("%s/%s: finished earlier, reusing %s", method_name, fold.name, result_path)
-            return json.load(f)
+            row = json.load(f)
+        if redo_figures:
+            row = redo_run_figures(row, fold, run_dir)
+        return row
     os.makedirs(run_dir, exist_ok=True)
     overrides = dict(overrides or {})
     method = get_method(method_name)
@@ -404,6 +416,20 @@ def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
     return method, model, cfg
 
 
+def redo_run_figures(row: Dict[str, Any], fold: Fold, run_dir: str) -> Dict[str, Any]:
+    """Redraw a finished run's figures from its saved weights (the numbers stay)."""
+    from models.training import dataset_names
+
+    method, model, cfg = load_run_model(run_dir, dataset_names(fold.train))
+    arrays = collect_predictions(method, model, cfg, fold.test)
+    np.savez_compressed(os.path.join(run_dir, "predictions.npz"), **arrays)
+    row = dict(row, figures=run_figures(row["method"], method, model, cfg, fold, arrays,
+                                        run_dir))
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(row, f, indent=2, default=float)
+    return row
+
+
 def run_figures(method_name: str, method, model, cfg, fold: Fold, arrays: Mapping,
                 run_dir: str) -> Dict[str, str]:
     """The figures of one run (PNG paths by name); a figure that fails is logged,
@@ -425,8 +451,7 @@ def run_figures(method_name: str, method, model, cfg, fold: Fold, arrays: Mappin
             arrays["probabilities"][keep].argmax(-1), os.path.join(run_dir, "confusion.png"),
             title=f"{title}: confusion")
     if "features" in arrays:
-        n = len(arrays["features"])
-        attempt("tsne", figures.tsne_plot, arrays["features"], y[:n],
+        attempt("tsne", figures.tsne_plot, arrays["features"], y[arrays["feature_index"]],
                 os.path.join(run_dir, "tsne.png"), title=f"{title}: t-SNE of features")
     if "aus" in arrays:
         attempt("au_per_emotion", figures.au_per_emotion_plot, arrays["aus"],
@@ -590,7 +615,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                   preset: str = "small", epochs: Optional[int] = None,
                   minutes: Optional[float] = None, seed: int = 0, folds_limit: Optional[int] = None,
                   beam_args: Optional[Sequence[str]] = None, figures: bool = True,
-                  seed_reported: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+                  seed_reported: Optional[Mapping[str, str]] = None,
+                  redo_figures: bool = False) -> Dict[str, Any]:
     """Run the benchmark; returns ``{"rows", "table", "figures"}``.
 
     ``method_settings``: method -> ``{"preset", "overrides", "epochs",
@@ -619,7 +645,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                 name, fold, os.path.join(out_dir, "runs", name, fold.name),
                 preset=setting.get("preset", preset), overrides=setting.get("overrides", {}),
                 epochs=setting.get("epochs", epochs), minutes=setting.get("minutes", minutes),
-                seed=seed, figures=figures, provenance=provenance))
+                seed=seed, figures=figures, provenance=provenance,
+                redo_figures=redo_figures and figures))
     notes = [f"Protocol: {protocol} ({'; '.join(f.describe() for f in folds)}).",
              f"Data: {len(samples)} faces after ingestion, {counts.get('quarantined', 0)} "
              "inputs quarantined."]

@@ -83,13 +83,15 @@ def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix")
 def tsne_plot(features, labels, path, title: str = "t-SNE of learned features",
               seed: int = 0, max_points: int = 2000) -> str:
     """2-D t-SNE (scikit-learn, PCA init) of ``features`` ``[N, D]`` coloured by
-    emotion ``labels``; unlabelled rows are dropped, at most ``max_points``."""
+    emotion ``labels``; unlabelled rows are dropped, then at most ``max_points``
+    drawn at random (``seed``)."""
     from sklearn.manifold import TSNE
 
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     y = np.asarray(labels, np.int64)
-    keep = y >= 0
-    x, y = x[keep][:max_points], y[keep][:max_points]
+    keep = np.flatnonzero(y >= 0)
+    keep = np.sort(np.random.default_rng(seed).permutation(keep)[:max_points])
+    x, y = x[keep], y[keep]
     if len(x) < 5:
         raise ValueError(f"t-SNE needs at least 5 labelled points, got {len(x)}")
     emb = TSNE(n_components=2, perplexity=float(min(30, max(2, (len(x) - 1) // 3))),

@@ -191,6 +191,10 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
     assert cli.main(argv) == 0                                       # resumes: reuses results
     assert (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime == first
     assert "| baseline | small |" in capsys.readouterr().out
+    tsne = out / "runs" / "baseline" / "fold1" / "tsne.png"
+    os.remove(tsne)
+    assert cli.main(argv + ["--redo-figures"]) == 0                  # redraws from the weights
+    _png_ok(tsne)
     samples, _ = B.load_samples(str(spec), str(out / "data"))
     fold0 = B.make_folds(samples, "kfold", k=3, seed=0)[0]
     _check_rebuilt_run_serves_raw_images(out / "runs" / "baseline" / "fold0", fold0.test,
@@ -211,6 +215,12 @@ def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
                             training.predict(method, model, cfg, samples)])
     np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
                                atol=1e-5)
+    by_class = sorted(samples, key=lambda s: s.emotion)   # as a class-folder test set is
+    arrays = B.collect_predictions(method, model, cfg, by_class, max_features=6)
+    assert len(arrays["features"]) == len(arrays["feature_index"]) == 6
+    index = arrays["feature_index"]
+    assert list(index) == sorted(set(index)) and list(index) != list(range(6))  # a draw, not a head
+    assert len(set(arrays["emotion"][index])) > 1
 
     folder = tmp_path / "faces"
     for i, s in enumerate(samples):

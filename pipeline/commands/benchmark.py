@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output folder (resumable)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--redo-figures", action="store_true",
+                   help="finished runs: rebuild each model from its weights and redraw "
+                        "its figures")
     p.set_defaults(func=cmd_benchmark)
 
 
@@ -85,7 +88,8 @@ def cmd_benchmark(args) -> int:
             test_datasets=_names(args.test_datasets),
             method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
-            figures=not args.no_figures, seed_reported=settings.get("seed_reported") or {})
+            figures=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
+            redo_figures=args.redo_figures)
     except BenchmarkError as exc:
         raise SystemExit(f"benchmark: {exc}")
     print(f"\nresults: {result['table']['markdown']} and {result['table']['csv']}\n")
