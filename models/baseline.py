@@ -16,6 +16,8 @@ the union of the label sets seen in training (:class:`LabelSetMask`).
 Input faces are standardised per image inside the model (``standardize``;
 removes skin tone and lighting, part of the exported graph). Adam optimiser;
 ``augment`` applies random translations (``crop_padding``) and flips.
+``lr_schedule``: ``constant`` (both presets) or ``cosine`` (decay to 0 over
+the fit, :class:`models.training.CosineLR`; what a longer budget should use).
 
 Presets: ``small`` (48 px, three single-conv blocks 16-32-64 + FC-64, 0.17M
 parameters, no random crops; trains in about a minute on a CPU) and ``paper``
@@ -33,7 +35,8 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
-from models.training import LabelSetMask, LossModel, masked_mean, random_pad_crop
+from models.training import (LabelSetMask, LossModel, lr_schedule_callbacks, masked_mean,
+                             random_pad_crop)
 
 
 def masked_softmax_cross_entropy(emotion: tf.Tensor, logits: tf.Tensor,
@@ -74,11 +77,11 @@ class BaselineCNN(Method):
         "small": dict(image_size=48, standardize=True, filters=(16, 32, 64),
                       convs_per_block=1, dense=(64,), global_pool=False, dropout=0.25,
                       weight_decay=0.0, learning_rate=1e-3, batch_size=16, crop_padding=0,
-                      flip=True, jit_compile=False),
+                      flip=True, jit_compile=False, lr_schedule="constant"),
         "paper": dict(image_size=48, standardize=True, filters=(32, 64, 128, 256),
                       convs_per_block=2, dense=(256,), global_pool=False, dropout=0.5,
                       weight_decay=1e-4, learning_rate=1e-3, batch_size=64, crop_padding=4,
-                      flip=True, jit_compile=False),
+                      flip=True, jit_compile=False, lr_schedule="constant"),
     }
 
     def build_net(self, cfg: Dict[str, Any]) -> keras.Model:
@@ -103,6 +106,9 @@ class BaselineCNN(Method):
         model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                       jit_compile=cfg.get("jit_compile", False))
         return model
+
+    def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
+        return lr_schedule_callbacks(cfg)
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         net = model.net

@@ -84,7 +84,7 @@ Interpretation choices (the papers leave these open):
   (e.g. ``contempt`` with 7-class data) get probability 0.
 * Optimiser: SGD with momentum 0.9, constant lr 0.01 (paper preset);
   the small preset uses Adam (lr 2e-3, cosine decay to 0 over the fit,
-  :class:`CosineLR`) so that a few CPU epochs suffice. The
+  :class:`models.training.CosineLR`) so that a few CPU epochs suffice. The
   trace-norm strength ``mu``, landmark weight ``alpha`` and adversarial
   weight ``beta`` are not given by the paper and are our choice.
 * **Small preset**: the paper's topology (33 convs, 96 px, 3x3 pool) at width
@@ -111,7 +111,7 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.layers import DANNLambdaSchedule, GradientReversal, TraceNormRegularizer
-from models.training import LabelSetMask, LossModel
+from models.training import LabelSetMask, LossModel, lr_schedule_callbacks
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 NUM_LANDMARK_COORDS = 2 * contract.NUM_LANDMARKS
@@ -376,33 +376,6 @@ class DANNRamp(DANNLambdaSchedule):
         super().on_epoch_begin(epoch, logs)
 
 
-class CosineLR(keras.callbacks.Callback):
-    """``lr_t = lr_0 (1 + cos(pi t / T)) / 2`` set before every batch (Loshchilov &
-    Hutter 2017, SGDR without restarts); ``T = epochs x steps`` of the running
-    ``fit`` and ``t = epoch x steps + batch``, so a resumed fit continues the curve."""
-
-    def __init__(self, initial_lr: float):
-        super().__init__()
-        self.initial_lr = float(initial_lr)
-        self._steps = self._total = None
-        self._epoch = 0
-
-    def on_train_begin(self, logs=None):
-        params = self.params or {}
-        self._steps = int(params.get("steps") or 0) or None
-        if self._steps:
-            self._total = self._steps * int(params.get("epochs") or 1)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = int(epoch)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if not self._total:
-            return
-        t = min((self._epoch * self._steps + int(batch)) / self._total, 1.0)
-        self.model.optimizer.learning_rate.assign(self.initial_lr * 0.5 * (1.0 + np.cos(np.pi * t)))
-
-
 # --------------------------------------------------------------------------
 # method
 # --------------------------------------------------------------------------
@@ -476,12 +449,7 @@ class TraceNormMTL(Method):
                            name="tracenorm_inference")
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        cbs: List[keras.callbacks.Callback] = []
-        if cfg["lr_schedule"] == "cosine":
-            cbs.append(CosineLR(cfg["learning_rate"]))
-        elif cfg["lr_schedule"] != "constant":
-            raise ValueError(f"tracenorm: lr_schedule must be 'constant' or 'cosine', "
-                             f"got {cfg['lr_schedule']!r}")
+        cbs: List[keras.callbacks.Callback] = lr_schedule_callbacks(cfg)
         if len(cfg["datasets"]) >= 2 and cfg["ada_weight"]:
             # the ramp's length is re-read from the running fit (DANNRamp.on_train_begin)
             total = max(int(steps_per_epoch or 0) * int(cfg["epochs"]), 1)

@@ -138,6 +138,30 @@ def test_exported_signature_answers_raw_images(trained, split, tmp_path):
     assert out["label"] == [contract.EMOTIONS[i] for i in ref.argmax(-1)]
 
 
+def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
+    """``lr_schedule: cosine``: lr_t = lr_0 (1 + cos(pi t / T)) / 2 with T = epochs x
+    steps, continued (not restarted) by a resumed fit."""
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizer.learning_rate.numpy()))
+
+    samples, steps, epochs = split[0][:4 * BATCH], 4, 3
+    kwargs = dict(preset="small", batch_size=BATCH, seed=0, callbacks=[Record()],
+                  overrides={"lr_schedule": "cosine", "learning_rate": 0.01},
+                  checkpoint_dir=str(tmp_path))
+    training.train("baseline", samples, epochs=2, **kwargs)
+    training.train("baseline", samples, epochs=epochs, **kwargs)     # resumes at epoch 2
+    t = np.arange(epochs * steps)
+    np.testing.assert_allclose(seen[:2 * steps], 0.005 * (1 + np.cos(np.pi * t[:8] / 8)),
+                               rtol=1e-5)                            # first fit: T = 2 x 4
+    np.testing.assert_allclose(seen[2 * steps:], 0.005 * (1 + np.cos(np.pi * t[8:] / 12)),
+                               rtol=1e-5)                            # resumed: T = 3 x 4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        baseline.BaselineCNN().callbacks(dict(lr_schedule="step", method="baseline"), 1)
+
+
 def test_checkpoint_resume_continues(trained, split, tmp_path):
     method, model, cfg, _, ckpt = trained
     done, path = training.latest_checkpoint(ckpt)
