@@ -240,3 +240,26 @@ def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
     expected = float((probs.argmax(-1) == np.asarray([s.emotion for s in samples])).mean())
     assert abs(row["accuracy"] - expected) <= 1.0 / len(samples) + 1e-9  # JPEG may flip one
     assert row["images_per_second_batch1"] > 0 and row["images_per_second_batch64"] > 0
+
+
+@pytest.mark.parametrize("method", ["ddmtl", "fersnet", "multidataset", "sjmt", "tracenorm"])
+def test_every_method_rebuilds_from_its_run_weights(method, tmp_path):
+    """What ``--redo-figures`` and benchmarks/serve_speed.py rely on (baseline: above)."""
+    from models import training
+
+    samples = [s for s in _samples(n_subjects=6) if s.domain == "lab"]
+    for s in samples:
+        s.dataset = "synth"
+    fold = B.Fold("f", samples[:32], samples[32:])
+    run_dir = tmp_path / method
+    size = {"tracenorm": {"image_size": 48, "pool_size": 1}}.get(method, {})  # as on FER2013
+    B.run_one(method, fold, str(run_dir), epochs=1, figures=False,
+              overrides=dict(size, batch_size=8))
+    for legacy in (False, True):       # runs written before config.json existed
+        if legacy:
+            os.remove(run_dir / "config.json")
+        m, model, cfg = B.load_run_model(str(run_dir), datasets=["synth"])
+        probs = np.concatenate([out["probabilities"] for _, out in
+                                training.predict(m, model, cfg, fold.test)])
+        np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
+                                   atol=1e-5)
