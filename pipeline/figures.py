@@ -34,7 +34,7 @@ def _plt():
 def _save(fig, path) -> str:
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -158,15 +158,18 @@ def example_faces(samples: Sequence[contract.FaceSample], size: int,
 
 def image_grid(faces, columns: Sequence[tuple], path, title: str, cell: float = 1.25) -> str:
     """Rows = ``faces`` ``[N, S, S, 1]``; first column the face, then one column
-    per ``(header, images [N, h, w], cmap)`` (values shown on a fixed 0..1 scale)."""
+    per ``(header, images [N, h, w], cmap)`` (values shown on a fixed 0..1 scale,
+    with a colour bar when a column is not grayscale)."""
     faces = np.asarray(faces, np.float32)
     plt = _plt()
     n, cols = len(faces), 1 + len(columns)
     fig, axes = plt.subplots(n, cols, figsize=(cell * cols, cell * n + 0.4), squeeze=False)
+    coloured = None
     for i in range(n):
         axes[i, 0].imshow(faces[i, ..., 0], cmap="gray", vmin=0, vmax=1)
         for j, (_, images, cmap) in enumerate(columns):
-            axes[i, 1 + j].imshow(np.clip(images[i], 0, 1), cmap=cmap, vmin=0, vmax=1)
+            shown = axes[i, 1 + j].imshow(np.clip(images[i], 0, 1), cmap=cmap, vmin=0, vmax=1)
+            coloured = shown if cmap != "gray" else coloured
     for j, (header, _, _) in enumerate([("input", None, None)] + list(columns)):
         axes[0, j].set_title(header, fontsize=7)
     for ax in axes.ravel():
@@ -174,6 +177,10 @@ def image_grid(faces, columns: Sequence[tuple], path, title: str, cell: float = 
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if coloured is not None:
+        fig.subplots_adjust(right=0.92)
+        bar = fig.colorbar(coloured, cax=fig.add_axes([0.94, 0.2, 0.012, 0.6]))
+        bar.ax.tick_params(labelsize=7)
     return _save(fig, path)
 
 
