@@ -392,6 +392,7 @@ def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
     """``(method, model, cfg)`` of a finished run, rebuilt from its
     ``config.json`` (or ``result.json``'s preset + overrides, with ``datasets``)
     and ``final.weights.h5`` — e.g. to export or time it later."""
+    from models import training
     from models.registry import get_method
 
     cfg_path = os.path.join(run_dir, "config.json")
@@ -409,8 +410,6 @@ def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
         method = get_method(row["method"])
         cfg = method.config(row["preset"], **row.get("overrides", {}))
         cfg["datasets"] = list(datasets)
-    from models import training
-
     model = method.build(cfg)
     training.restore(model, os.path.join(run_dir, "final.weights.h5"))
     return method, model, cfg
