@@ -11,7 +11,7 @@ Component CNN ``C_j`` (one per dataset, ``n_components`` = 2)::
       -> conv3 (k3) + CReLU
       -> conv4 (k3) + CReLU -> max-pool
       -> conv5 (k3) + CReLU -> max-pool
-      -> FC(fc_units) + ReLU -> dropout -> FC(fc_units) + ReLU    = features f_j
+      -> FC(fc_units) + PReLU -> dropout -> FC(fc_units) + PReLU  = features f_j
       -> dropout -> FC(8)                                            = scores C_j
 
 (paper preset: two FC of 2048, dropout 0.65; small preset: far narrower.)
@@ -72,6 +72,15 @@ Interpretation choices:
 * The paper leaves the fine-tune and integration schedule open; the defaults
   split the epochs of one ``fit`` 60 % / 20 % / 20 % (``stage_fractions``) and
   use lr x (1, 0.1, 0.1) (``stage_lr_factors``; "fine-tuned with lr/10").
+* **Initialisation and FC activation**: the conv layers and the inception
+  module use He-normal init (``conv_initializer``) and the FC layers PReLU
+  (``fc_activation``, as in Wen et al.'s centre-loss network). With Keras'
+  default Glorot init the signal shrank ~8x through the five conv layers;
+  at lr 2e-3 and batch 16 the inception module's ReLUs then died within ~100
+  steps, every face got the same scores and CE sat at ln 7 per component,
+  with or without the centre / MD losses (``tests/test_multidataset.py``
+  pins this). ``conv_initializer="glorot_uniform"``, ``fc_activation="relu"``
+  restore the old network.
 * The input is standardised per image (``standardize``), and the small preset
   drops the dropout: both make the tiny CPU configuration learn in a few
   epochs; the paper preset keeps dropout 0.65.
@@ -147,6 +156,20 @@ class WeightedSum(keras.layers.Layer):
                 "init": self.init}
 
 
+def fc_activation(kind: str, name: str) -> keras.layers.Layer:
+    """Activation of the FC layers: ``"prelu"`` (one slope per unit, as in Wen
+    et al.'s centre-loss network), ``"relu"`` or ``"leaky_relu"`` (slope 0.1)."""
+    if kind == "prelu":
+        return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25),
+                                  name=name)
+    if kind == "relu":
+        return keras.layers.ReLU(name=name)
+    if kind == "leaky_relu":
+        return keras.layers.LeakyReLU(0.1, name=name)
+    raise ValueError(f"multidataset: fc_activation must be prelu, relu or leaky_relu, "
+                     f"got {kind!r}")
+
+
 def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
     """Component CNN ``C_index``: ``image -> {"logits", "features"}``."""
     from models.layers import CReLU, InceptionModule
@@ -158,16 +181,20 @@ def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
     x = (backbones.PerImageStandardization(name="standardize")(image) if cfg["standardize"]
          else image)
     for i in range(5):
-        x = keras.layers.Conv2D(f[i], k[i], padding="same", name=f"conv{i + 1}")(x)
+        x = keras.layers.Conv2D(f[i], k[i], padding="same",
+                                kernel_initializer=cfg["conv_initializer"], name=f"conv{i + 1}")(x)
         x = CReLU(name=f"crelu{i + 1}")(x)
         if i + 1 in cfg["pool_after"]:
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i + 1}")(x)
         if i == 1:
-            x = InceptionModule(*cfg["inception"], name="inception")(x)
+            x = InceptionModule(*cfg["inception"], kernel_initializer=cfg["conv_initializer"],
+                                name="inception")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(2):
-        features = keras.layers.Dense(cfg["fc_units"], activation="relu", name=f"fc{i + 1}")(x)
-        x = keras.layers.Dropout(cfg["dropout"], name=f"dropout{i + 1}")(features)
+        x = keras.layers.Dense(cfg["fc_units"], name=f"fc{i + 1}")(x)
+        x = fc_activation(cfg["fc_activation"], f"fc{i + 1}_{cfg['fc_activation']}")(x)
+        features = x
+        x = keras.layers.Dropout(cfg["dropout"], name=f"dropout{i + 1}")(x)
     logits = keras.layers.Dense(NUM_CLASSES, name="scores")(x)
     # the centre / MD losses see the FC2 activations before dropout
     return keras.Model(image, {"logits": logits, "features": features},
@@ -414,6 +441,8 @@ class MultiDatasetNet(Method):
             # filters_1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj
             "inception": [8, 8, 8, 4, 4, 4],
             "fc_units": 64,
+            "conv_initializer": "he_normal",
+            "fc_activation": "prelu",
             "dropout": 0.0,
             "learn_lambda": True,
             "lambdas": None,
