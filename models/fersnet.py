@@ -98,10 +98,21 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   epochs went from ~0.35-0.55 to ~0.6).
 * **What to expect from the small preset**: after the few CPU epochs of the
   tests, recognition generalises to new synthetic subjects (~0.4-0.6
-  accuracy on 7 classes), but synthesized faces are still blurry and only
-  weakly target-specific (a frozen classifier's p(target) rises on average,
-  mostly because the blur lowers its confidence in the source expression).
-  Faithful synthesis needs the paper preset and GPU-scale training.
+  accuracy on 7 classes), but synthesis does **not** follow the target yet.
+  Measured on 6 held-out synthetic subjects after 12 epochs (16 training
+  subjects, lab faces): a frozen baseline classifier's p(target) rises from
+  0.10 to 0.14 only because the blur flattens its output (p(source) 0.42 ->
+  0.15); its argmax equals the target for 13 % of the fakes (chance 14 %), and
+  each fake is as close (L1) to the subject's real source face as to its real
+  target face. Session-4 trials that did not fix it (not kept): a StarGAN-style
+  expression loss on G(x, t) through the recognition stream (synthesis side
+  only, weight 0.1-1), the label tiled into every decoder block, a residual
+  output x + delta. They made G's output depend on the target (pixel spread
+  over targets 0.03-0.10, against 0.005 between a subject's real expressions)
+  but towards patterns the frozen classifier does not read as the target
+  (argmax = target 4-14 %). Faithful synthesis needs the paper preset and
+  GPU-scale training; on the synthetic faces, same-subject pairs differ more
+  by rendering jitter than by expression, which weakens L_rec.
 * Optimizers: Adam (beta_1 0.5) for generator+recognizer and for the
   discriminator (:class:`FusedAdam`, Keras Adam maths in one op per
   variable); learning rates are ours.  Batch normalization of the conv
@@ -680,6 +691,9 @@ class FERSNetModel(keras.Model):
                     + cfg["lambda_cyc"] * cyc + lam_idt * idt)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
+            # scale on the tapes: an op recorded after them has no gradient (None
+            # for every variable once there is more than one replica)
+            g_loss = replica_scaled(loss)
 
             labelled = tf.cast(emotion >= 0, tf.float32)
             d_real = _gan_loss(self.discriminator([x, tf.one_hot(emotion, NUM_CLASSES)],
@@ -687,12 +701,13 @@ class FERSNetModel(keras.Model):
             d_fake = _gan_loss(self.discriminator([tf.stop_gradient(fake), t_onehot],
                                                   training=True), False, kind)
             gan_d = 0.5 * (masked_mean(d_real, labelled) + tf.reduce_mean(d_fake))
+            d_loss = replica_scaled(gan_d)
 
         g_vars = self._gen_variables()
-        g_grads = g_tape.gradient(replica_scaled(loss), g_vars)
+        g_grads = g_tape.gradient(g_loss, g_vars)
         self.optimizer.apply(g_grads, g_vars)
         d_vars = self.discriminator.trainable_variables
-        d_grads = d_tape.gradient(replica_scaled(gan_d), d_vars)
+        d_grads = d_tape.gradient(d_loss, d_vars)
         self.d_optimizer.apply(d_grads, d_vars)
         return self._log({"loss": loss, "cls_loss": cls, "accuracy": acc, "gan_g": gan_g,
                           "gan_d": gan_d, "rec": rec, "cyc": cyc, "idt": idt,
@@ -710,8 +725,9 @@ class FERSNetModel(keras.Model):
             self._restore(snap)
             logits = self.classifier(fx, training=True)
             cls, acc = self._cls_terms(logits, emotion, mask)
+            scaled = replica_scaled(cls)
         rec_vars = self._rec_variables()
-        grads = tape.gradient(replica_scaled(cls), rec_vars)
+        grads = tape.gradient(scaled, rec_vars)
         self.fes_optimizer.apply(grads, rec_vars)
         logs = self._log({"loss": cls, "cls_loss": cls, "accuracy": acc})
         return {k: logs[k] for k in ("loss", "cls_loss", "accuracy")}

@@ -232,10 +232,28 @@ def make_dataset(data: Data, image_size: int, batch_size: int, datasets: Sequenc
     return ds, (_count_records(files, comp) if training else None)
 
 
+CPU_REPLICAS_ENV = "FERMTL_CPU_REPLICAS"
+
+
 def distribution_strategy() -> tf.distribute.Strategy:
-    """``MirroredStrategy`` over all GPUs when there are any, else the default."""
+    """``MirroredStrategy`` over all GPUs when there are any, else the default.
+
+    With the environment variable ``FERMTL_CPU_REPLICAS=N`` (N > 1) and no GPU:
+    ``MirroredStrategy`` over N logical CPU devices, so that the multi-replica
+    code paths (loss scaling, cross-replica variable updates) can be tested on a
+    CPU-only machine. The split must happen before TensorFlow initialises its
+    devices, i.e. before any other TF call of the process; it raises otherwise.
+    """
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
+    n = int(os.environ.get(CPU_REPLICAS_ENV) or 0)
+    if n > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        if len(tf.config.get_logical_device_configuration(cpu) or []) != n:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices[:n])
     return tf.distribute.get_strategy()
 
 
