@@ -8,7 +8,9 @@ save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
 
 ``slow`` (``make test-all``, ~2 more minutes on a shared 2-core CPU): a
 10-epoch fit (fixture ``trained``) that beats chance on held-out subjects and
-whose synthesized faces move a frozen baseline classifier toward the target.
+whose synthesized faces move a frozen baseline classifier toward the target;
+a strict ``xfail`` records the known gap that the fakes do not yet *show* the
+target expression (the oracle's argmax is the target at chance rate).
 """
 
 from __future__ import annotations
@@ -256,13 +258,15 @@ def test_export_serving_and_synthesize(short_fit, split, tmp_path):
     assert img.min() >= 0.0 and img.max() <= 1.0
 
 
-@pytest.mark.slow
-def test_synthesis_moves_frozen_classifier_toward_target(trained, split):
+@pytest.fixture(scope="module")
+def oracle_probabilities(trained, split):
+    """A frozen expression oracle (the baseline CNN trained on all subjects) on the
+    held-out faces and on their fakes for every other target: ``(p_real [n, 8],
+    p_fake [n*k, 8], targets [n*k], keep [n*k] target != own expression)``."""
     from models import training
 
     _, model, _, _ = trained
     train, test = split
-    # A frozen expression oracle: the baseline CNN trained on all subjects.
     bmethod, bmodel, bcfg, _ = training.train(
         "baseline", train + test, preset="small", epochs=6, seed=1,
         overrides={"image_size": SIZE, "flip": False, "crop_padding": 0})
@@ -270,16 +274,31 @@ def test_synthesis_moves_frozen_classifier_toward_target(trained, split):
     x = _images(test)
     own = np.asarray([s.emotion for s in test])
     n, k = len(test), len(contract.BASIC7)
-    xs = np.repeat(x, k, 0)
     targets = np.tile(np.arange(k), n)
     keep = targets != np.repeat(own, k)
-    fakes = F.synthesize(model, xs, targets)
-    p_real = np.asarray(oracle(x)["probabilities"])
-    p_fake = np.asarray(oracle(fakes)["probabilities"]).reshape(n, k, -1)
-    rows = np.arange(n * k)
+    fakes = F.synthesize(model, np.repeat(x, k, 0), targets)
+    return (np.asarray(oracle(x)["probabilities"]), np.asarray(oracle(fakes)["probabilities"]),
+            targets, keep)
+
+
+@pytest.mark.slow
+def test_synthesis_moves_frozen_classifier_toward_target(oracle_probabilities):
+    p_real, p_fake, targets, keep = oracle_probabilities
+    k = len(contract.BASIC7)
+    rows = np.arange(len(targets))
     before = np.repeat(p_real, k, 0)[rows, targets][keep]
-    after = p_fake.reshape(n * k, -1)[rows, targets][keep]
+    after = p_fake[rows, targets][keep]
     assert after.mean() > before.mean() + 0.02, (after.mean(), before.mean())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (#4): the small preset's fakes do not show "
+                   "the target expression; p(target) above rises only because the blur "
+                   "flattens the oracle's output (see the models/fersnet.py docstring)")
+def test_synthesis_shows_the_target_expression(oracle_probabilities):
+    _, p_fake, targets, keep = oracle_probabilities
+    hit = (p_fake.argmax(-1) == targets)[keep].mean()
+    assert hit > 2 * chance(), hit
 
 
 def test_gate_maps(short_fit, split):
