@@ -104,13 +104,14 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   0.10 to 0.14 only because the blur flattens its output (p(source) 0.42 ->
   0.15); its argmax equals the target for 13 % of the fakes (chance 14 %), and
   each fake is as close (L1) to the subject's real source face as to its real
-  target face. Session-4 trials that did not fix it (not kept): a StarGAN-style
+  target face. Tried and not kept, as they did not fix it: a StarGAN-style
   expression loss on G(x, t) through the recognition stream (synthesis side
   only, weight 0.1-1), the label tiled into every decoder block, a residual
-  output x + delta. They made G's output depend on the target (pixel spread
-  over targets 0.03-0.10, against 0.005 between a subject's real expressions)
-  but towards patterns the frozen classifier does not read as the target
-  (argmax = target 4-14 %). Faithful synthesis needs the paper preset and
+  output x + delta, a matching-aware discriminator. They made G's output
+  depend on the target (pixel spread over targets 0.03-0.10, against 0.005
+  between a subject's real expressions) but towards patterns the frozen
+  classifier does not read as the target (argmax = target 4-16 %, also on
+  full-intensity faces). Faithful synthesis needs the paper preset and
   GPU-scale training; on the synthetic faces, same-subject pairs differ more
   by rendering jitter than by expression, which weakens L_rec.
 * Optimizers: Adam (beta_1 0.5) for generator+recognizer and for the

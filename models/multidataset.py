@@ -158,16 +158,13 @@ class WeightedSum(keras.layers.Layer):
 
 def fc_activation(kind: str, name: str) -> keras.layers.Layer:
     """Activation of the FC layers: ``"prelu"`` (one slope per unit, as in Wen
-    et al.'s centre-loss network), ``"relu"`` or ``"leaky_relu"`` (slope 0.1)."""
+    et al.'s centre-loss network) or ``"relu"`` (the network before the fix)."""
     if kind == "prelu":
         return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25),
                                   name=name)
     if kind == "relu":
         return keras.layers.ReLU(name=name)
-    if kind == "leaky_relu":
-        return keras.layers.LeakyReLU(0.1, name=name)
-    raise ValueError(f"multidataset: fc_activation must be prelu, relu or leaky_relu, "
-                     f"got {kind!r}")
+    raise ValueError(f"multidataset: fc_activation must be 'prelu' or 'relu', got {kind!r}")
 
 
 def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:

@@ -16,12 +16,12 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("FERMTL_CPU_REPLICAS", "2")
 
 
 def main(name: str) -> dict:
-    from models import training
+    from models import training    # imports TF but does not start its devices
 
+    os.environ.setdefault(training.CPU_REPLICAS_ENV, "2")
     strategy = training.distribution_strategy()       # first TF call of the process
     import keras
     import numpy as np

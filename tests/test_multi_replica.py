@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from models import registry
+from models import registry, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ SLOW = {"tracenorm"}
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
                                   for n in registry.method_names()])
 def test_method_trains_with_two_replicas(name):
-    env = dict(os.environ, FERMTL_CPU_REPLICAS="2", PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT, **{training.CPU_REPLICAS_ENV: "2"})
     proc = subprocess.run([sys.executable, "-m", "tests.multi_replica_check", name], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
