@@ -22,6 +22,11 @@ feature              type        meaning
 ``split``            bytes       split the source itself assigns (``train``/``val``/
                                  ``test``) or "" when the source has none
 ``uid``              bytes       unique id of the sample within the dataset
+``sequence``         bytes       capture sequence of the subject: samples that share
+                                 pose, framing and light (frames of one CK+/MMI/
+                                 Oulu-CASIA video, one synthetic render condition);
+                                 "" when unknown. Added after the first release:
+                                 :func:`parse_spec` reads older records as ""
 ===================  ==========  =====================================================
 
 A sample with no label of a kind carries a zero mask and zero values, never a
@@ -150,6 +155,7 @@ class FaceSample:
     subject: str = ""
     domain: str = ""
     split: str = ""
+    sequence: str = ""
 
     def __post_init__(self):
         self.emotion_mask = np.asarray(self.emotion_mask, np.float32).reshape(NUM_EMOTIONS)
@@ -225,6 +231,7 @@ class FaceSample:
             "domain": b(self.domain),
             "split": b(self.split),
             "uid": b(self.uid),
+            "sequence": b(self.sequence),
         }))
 
     def serialize(self) -> bytes:
@@ -240,6 +247,8 @@ class FaceSample:
         feat = example.features.feature
 
         def s(k):
+            if k in OPTIONAL_BYTES and k not in feat:
+                return ""
             return feat[k].bytes_list.value[0].decode("utf-8")
 
         return cls(
@@ -251,15 +260,20 @@ class FaceSample:
             landmarks=list(feat["landmarks"].float_list.value),
             landmarks_mask=feat["landmarks_mask"].float_list.value[0],
             subject=s("subject"), dataset=s("dataset"), domain=s("domain"),
-            split=s("split"), uid=s("uid"))
+            split=s("split"), uid=s("uid"), sequence=s("sequence"))
 
     def pixels(self) -> np.ndarray:
         """Decoded grayscale image."""
         return decode_png(self.image)
 
 
+# Bytes features added after the first release; records written before lack them.
+OPTIONAL_BYTES: tuple = ("sequence",)
+
+
 def feature_spec() -> Dict[str, object]:
-    """``tf.io.parse_example`` spec of the contract (fixed-length features)."""
+    """The contract's fixed-length features (what the schema requires of new
+    records; ``pipeline/schema.py``). To read records, use :func:`parse_spec`."""
     import tensorflow as tf
 
     return {
@@ -275,7 +289,19 @@ def feature_spec() -> Dict[str, object]:
         "domain": tf.io.FixedLenFeature([], tf.string),
         "split": tf.io.FixedLenFeature([], tf.string),
         "uid": tf.io.FixedLenFeature([], tf.string),
+        "sequence": tf.io.FixedLenFeature([], tf.string),
     }
+
+
+def parse_spec() -> Dict[str, object]:
+    """``tf.io.parse_example`` spec of the contract: :func:`feature_spec` with
+    "" for the :data:`OPTIONAL_BYTES` features, so older TFRecords still parse."""
+    import tensorflow as tf
+
+    spec = feature_spec()
+    for k in OPTIONAL_BYTES:
+        spec[k] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    return spec
 
 
 def write_tfrecord(samples: Iterable[FaceSample], path: str) -> int:

@@ -63,6 +63,7 @@ Paired renders
     Every subject is rendered in every emotion; sample ``k`` of each emotion
     shares the nuisances (pose, light, background, occlusion, noise), so
     ``(neutral, k)`` and ``(happiness, k)`` differ by the expression only.
+    The contract's ``sequence`` field names the group (``lab_01``).
 
 Rendering draws polygons with Pillow at 3-5x the output size and box-filters
 down (anti-aliasing): about 350-450 faces per CPU-second at 64 px on one core
@@ -111,7 +112,7 @@ NOISE_AU_PROBABILITY = 0.3
 NOISE_AU_MAX = 0.2
 # Std of the per-AU jitter around the scaled prototype.
 AU_JITTER = 0.05
-VERSION = 1
+VERSION = 2    # 2: samples carry the contract's `sequence` (render group)
 
 # EMFACS-7 prototypes, {AU: intensity}; see the module docstring.
 EMOTION_PROTOTYPES: Dict[str, Dict[int, float]] = {
@@ -969,7 +970,7 @@ def generate(n_subjects: int = 20, samples_per_emotion: int = 2,
     faces. Sample ``k`` of every emotion shares pose, light and occlusion
     (:func:`sample_rngs`): paired renders for expression synthesis. uid:
     ``synth_s0003_wild_happiness_01``; dataset ``synth_<domain>``; split ``""``
-    (the pipeline splits by subject).
+    (the pipeline splits by subject); sequence ``<domain>_<k>`` (e.g. ``wild_01``).
     """
     emotion_ids = [contract.canonical_emotion(e) if isinstance(e, str) else int(e)
                    for e in emotions]
@@ -1000,7 +1001,8 @@ def generate(n_subjects: int = 20, samples_per_emotion: int = 2,
                         landmarks_mask=1.0,
                         subject=params.subject,
                         domain=domain,
-                        split="")
+                        split="",
+                        sequence=f"{domain}_{k:02d}")
 
 
 def write_dataset(out_dir: str, n_subjects: int = 20, samples_per_emotion: int = 2,

@@ -21,8 +21,9 @@ Architecture (``F = cfg["filters"]``, four entries, ``S = image_size``)::
      |- classifier  f_x4 -> Flatten -> FC(fc_units)+BN+ReLU -> Dropout -> FC(8) = logits
      |- label transformer  one-hot(t) -> FC -> 1x1 map -> 2 transposed convs ->
      |                     [S/16, S/16, label_channels], concatenated to f_y4
-     |- decoder  4 x (ConvTranspose 2x2/2 -BN-ReLU + conv3x3-BN-ReLU) -> conv3x3 + sigmoid
-     |           = G(x, t) in [0, 1]
+     |- decoder  4 x (ConvTranspose 2x2/2 -BN-ReLU [+ skip] + conv3x3-BN-ReLU)
+     |           -> conv3x3 + sigmoid = G(x, t) in [0, 1]
+     |           (small preset: skips f_y3, f_y2, f_y1, x; G = clip(x + tanh(conv3x3)))
     discriminator D(img, t): PatchGAN (conv4x4/2 + LeakyReLU)^n -> conv3x3 -> patch logits,
                              the one-hot target tiled as extra input channels.
 
@@ -45,12 +46,22 @@ Loss terms of one batch (per-sample means; ``c_x`` = source expression):
 Interpretation choices (the paper leaves these open or cannot be reproduced):
 
 * **Target selection** (:func:`pair_targets`): for each sample, when the
-  batch holds another labelled sample of the same ``subject_id`` (>= 0) the
-  target is the expression of one such partner drawn at random and
-  ``x_t`` is that partner (``pair_mask`` 1) -- with probability
-  ``pair_prob``; otherwise a random expression of the sample's label set
-  (restricted to the expressions seen in training so far, and different from
-  ``c_x`` where possible) with ``pair_mask`` 0.
+  batch holds another labelled sample of the same face the target is the
+  expression of one such partner drawn at random and ``x_t`` is that partner
+  (``pair_mask`` 1) -- with probability ``pair_prob``; otherwise a random
+  expression of the sample's label set (restricted to the expressions seen in
+  training so far, and different from ``c_x`` where possible) with
+  ``pair_mask`` 0.  "The same face" is the same capture *sequence* (the
+  contract's ``sequence``: same pose, framing and light) when the sample's
+  sequence is known, else the same ``subject``.  The paper's datasets (CK+,
+  Oulu-CASIA, MMI) pair frames of one video; pairing across sequences makes
+  ``L_rec`` compare pose and light more than expression (on the synthetic
+  faces, renders of one subject differ by L1 0.054 across render conditions
+  and 0.005 within one) and teaches blur.
+* **Pairs in the batch**: ``batch_group_size`` (2) makes the input pipeline
+  put runs of that many same-face samples in each training batch
+  (``models.inputs.group_by_face``), so nearly every sample has a partner;
+  with plain shuffling about a third had one at batch 16.
 * **Source expression** ``c_x`` of unlabelled samples (``emotion == -1``) is
   the recognition stream's prediction (no gradient); their real image does not
   enter the discriminator.
@@ -86,6 +97,17 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   [0, 1] (already decoded, like the inference model) and ``target`` int64
   ``[B]`` (index into ``contract.EMOTIONS``) and returns ``{"image":
   [B,S,S,1]}`` in [0, 1].
+* **Decoder** (ours, small preset only; the paper preset keeps the plain
+  decoder): ``decoder_skips`` concatenates the synthesis stream's features
+  of the same resolution (after the ConvFLU transfers) and, in the last
+  block, the image itself (U-Net style); ``residual_output`` makes
+  ``G(x, t) = clip(x + tanh(conv(.)), 0, 1)``, the "ultimate skip" of
+  US-GAN (Akram & Khan, arXiv:2112.13002), so the network draws the
+  *change* of expression and the identity comes through untouched.  Why:
+  from the S/16 bottleneck alone the decoder returns a blur of the face
+  (L1 0.083 from its source after the tests' 140 steps, against
+  0.001-0.008 with both options), and a blur is what FES augmentation then
+  trains on.
 * **Classifier**: the first FC layer is followed by batch normalization
   (``fc_batchnorm``; not stated in the paper, it speeds up training of the
   small preset noticeably).
@@ -96,24 +118,35 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   set ``crop_from`` / ``max_rotation`` to turn them on), batch 16 (twice the
   updates of batch 32 for the same compute; held-out accuracy after 9
   epochs went from ~0.35-0.55 to ~0.6).
-* **What to expect from the small preset**: after the few CPU epochs of the
-  tests, recognition generalises to new synthetic subjects (~0.4-0.6
-  accuracy on 7 classes), but synthesis does **not** follow the target yet.
-  Measured on 6 held-out synthetic subjects after 12 epochs (16 training
-  subjects, lab faces): a frozen baseline classifier's p(target) rises from
-  0.10 to 0.14 only because the blur flattens its output (p(source) 0.42 ->
-  0.15); its argmax equals the target for 13 % of the fakes (chance 14 %), and
-  each fake is as close (L1) to the subject's real source face as to its real
-  target face. Tried and not kept, as they did not fix it: a StarGAN-style
-  expression loss on G(x, t) through the recognition stream (synthesis side
-  only, weight 0.1-1), the label tiled into every decoder block, a residual
-  output x + delta, a matching-aware discriminator. They made G's output
-  depend on the target (pixel spread over targets 0.03-0.10, against 0.005
-  between a subject's real expressions) but towards patterns the frozen
-  classifier does not read as the target (argmax = target 4-16 %, also on
-  full-intensity faces). Faithful synthesis needs the paper preset and
-  GPU-scale training; on the synthetic faces, same-subject pairs differ more
-  by rendering jitter than by expression, which weakens L_rec.
+* **What to expect from the small preset** (``make bench-synthesis``; 6
+  held-out synthetic subjects, lab faces, a frozen baseline "oracle" that
+  reads their real expressions at ~0.86): recognition generalises quickly
+  (0.4-0.6 after the tests' 140 steps, 0.96 after 3500 steps on 40
+  subjects), synthesis does **not** yet show the target to the oracle.
+  After 140 steps the fakes stay near the sharp source face (L1
+  0.001-0.008 from it in two runs; the plain decoder returned a blur 0.08
+  away).  After 3500 steps (40
+  subjects, 13-19 min on 2 cores) two runs of the same command differ: in
+  one the fakes carry target-specific changes in the right places (lowered
+  brows for anger, forehead lines for fear, surprise and sadness) with
+  artefacts, the oracle's p(target) rises from 0.06 on the real source to
+  0.15 but its argmax is the target for 13 % of them (chance 14 %); in the
+  other they stay the source face (L1 0.001, p(target) 0.06, and with the
+  source left out of the argmax the target wins 1/6 = chance).  In both
+  the fakes are further from the real target (L1 0.008-0.010) than the
+  source is (0.0067).  Tried and not kept: a StarGAN-style expression loss
+  (cross-entropy of a recognizer on G(x, t) towards t, synthesis side
+  only): in FERSNet with the plain decoder and unaligned pairs it drew
+  patterns the oracle did not read (argmax = target 4-16 %); on the
+  generator alone (aligned pairs, skips, residual output, a frozen
+  recognizer trained on the training subjects) the oracle reads the fakes
+  (72-85 % on held-out faces) but they are sparse dot patterns on the brows
+  and mouth, not expressions: a loss the fakes learn to fool.
+  Also tried: the label tiled into every decoder block, a matching-aware
+  discriminator; and, on the generator alone with aligned pairs (pure L1,
+  3000 steps), skips + residual drew 15 % of the real change (L1 to the
+  target 0.0060 against 0.0071) without the oracle reading it, while a
+  perceptual loss on a frozen classifier's features did not help.
 * Optimizers: Adam (beta_1 0.5) for generator+recognizer and for the
   discriminator (:class:`FusedAdam`, Keras Adam maths in one op per
   variable); learning rates are ours.  Batch normalization of the conv
@@ -241,18 +274,22 @@ def _bottleneck(cfg) -> int:
 
 def build_encoder(cfg: Dict[str, Any]) -> keras.Model:
     """Both encoder streams with a ConvFLU transfer after each block:
-    image -> ``[f_x4, f_y4]`` (recognition, synthesis features)."""
+    image -> ``[f_x4, f_y4]`` (recognition, synthesis features), followed by
+    the synthesis stream's ``f_y1, f_y2, f_y3`` when ``decoder_skips``."""
     if len(cfg["filters"]) != 4:
         raise ValueError("fersnet: filters must have 4 entries (4 encoder blocks)")
     size = int(cfg["image_size"])
     image = keras.Input((size, size, 1), name="image")
     fx = fy = image
+    skips = []
     for k, f in enumerate(cfg["filters"], 1):
         fx = _block(fx, f, f"rec_b{k}", cfg["bn_momentum"])
         fy = _block(fy, f, f"syn_b{k}", cfg["bn_momentum"])
         fx, fy, *_ = ConvFLUTransfer(cfg["convflu_kernel"], return_gates=True,
                                      name=f"transfer{k}")([fx, fy])
-    return keras.Model(image, [fx, fy], name="encoder")
+        skips.append(fy)
+    outputs = [fx, fy] + (skips[:3] if cfg.get("decoder_skips") else [])
+    return keras.Model(image, outputs, name="encoder")
 
 
 def build_classifier(cfg: Dict[str, Any]) -> keras.Model:
@@ -272,10 +309,33 @@ def build_classifier(cfg: Dict[str, Any]) -> keras.Model:
 
 
 def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
-    """Label transformer + decoder: ``[f_y4, one_hot(t)] -> G(x, t)`` in [0, 1]."""
+    """Label transformer + decoder: ``[f_y4, one_hot(t)] -> G(x, t)`` in [0, 1].
+
+    With ``decoder_skips`` the inputs also take ``f_y3, f_y2, f_y1`` (the
+    synthesis features after transfers 3, 2, 1) and the image ``x``: decoder
+    block k concatenates the encoder features of its resolution (U-Net), the
+    last one ``x``.  With ``residual_output`` the output is
+    ``clip(x + tanh(conv(.)), 0, 1)``: G draws the *change* of expression.
+    """
     b, f = _bottleneck(cfg), cfg["filters"][-1]
+    size = int(cfg["image_size"])
+    skips_on = bool(cfg.get("decoder_skips"))
+    residual = bool(cfg.get("residual_output"))
     feat = keras.Input((b, b, f), name="syn_features")
     label = keras.Input((NUM_CLASSES,), name="target")
+    inputs = [feat, label]
+    lateral = []
+    if skips_on:
+        # the encoder features at S/8, S/4, S/2, then the image at S
+        for k in (3, 2, 1):
+            r, fk = size // 2 ** k, cfg["filters"][k - 1]
+            lateral.append(keras.Input((r, r, fk), name=f"syn_skip{k}"))
+        inputs += lateral
+    if skips_on or residual:
+        image = keras.Input((size, size, 1), name="image")
+        inputs.append(image)
+        if skips_on:
+            lateral.append(image)
     lc = cfg["label_channels"]
     l = keras.layers.Dense(cfg["label_units"], activation="relu", name="label_fc")(label)
     l = keras.layers.Reshape((1, 1, cfg["label_units"]), name="label_reshape")(l)
@@ -290,9 +350,16 @@ def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
                                          kernel_initializer="he_normal", name=f"dec{k}_up")(x)
         x = FusedBatchNorm(momentum=m, scale=False, name=f"dec{k}_up_bn")(x)
         x = keras.layers.ReLU(name=f"dec{k}_up_relu")(x)
+        if skips_on:
+            x = keras.layers.Concatenate(name=f"dec{k}_skip")([x, lateral[k - 1]])
         x = _conv_bn_relu(x, df, f"dec{k}", m)
-    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="synth")(x)
-    return keras.Model([feat, label], out, name="decoder")
+    if residual:
+        delta = keras.layers.Conv2D(1, 3, padding="same", activation="tanh", name="synth_delta")(x)
+        out = keras.layers.Add(name="synth_residual")([image, delta])
+        out = keras.layers.ReLU(max_value=1.0, name="synth")(out)
+    else:
+        out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="synth")(x)
+    return keras.Model(inputs, out, name="decoder")
 
 
 def build_discriminator(cfg: Dict[str, Any]) -> keras.Model:
@@ -321,17 +388,22 @@ def _uniform(shape, seed):
 
 @tf.autograph.experimental.do_not_convert
 def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
-                 allowed=None, seed=None):
+                 allowed=None, seed=None, sequence_id=None):
     """Target expressions and same-subject target images inside a batch.
 
     Returns ``(target [B] int64, partner [B] int64, pair_mask [B] float32)``:
-    where ``pair_mask`` is 1, ``partner`` indexes another sample of the batch
-    with the *same* ``subject_id`` (>= 0, unknown subjects never pair), a
-    label (``emotion >= 0``) and ``target == emotion[partner]``; elsewhere
-    ``partner`` is the sample itself (unused) and ``target`` is drawn from the
-    sample's label set (``emotion_mask``; all emotions when empty), restricted
-    to ``allowed`` ([8] 0/1, e.g. the emotions seen in training) when that
-    leaves any, and different from the sample's own emotion when possible.
+    where ``pair_mask`` is 1, ``partner`` indexes another labelled sample
+    (``emotion >= 0``) of the batch that shows the same face and
+    ``target == emotion[partner]``; elsewhere ``partner`` is the sample itself
+    (unused) and ``target`` is drawn from the sample's label set
+    (``emotion_mask``; all emotions when empty), restricted to ``allowed``
+    ([8] 0/1, e.g. the emotions seen in training) when that leaves any, and
+    different from the sample's own emotion when possible.
+
+    "The same face": a sample whose ``sequence_id`` is known (>= 0) pairs only
+    with samples of that sequence (same pose, framing and light, so ``L_rec``
+    compares expressions, not pose); a sample of unknown sequence pairs with
+    any sample of its ``subject_id`` (>= 0; unknown subjects never pair).
     A sample with a partner uses it with probability ``pair_prob``.  ``seed``
     (shape [2] int) makes the draw deterministic.
     """
@@ -343,8 +415,12 @@ def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
     if seed is not None:
         seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
         s1, s2, s3 = seed, seed + [0, 1], seed + [0, 2]
-    same = ((sid[:, None] == sid[None, :]) & (sid[:, None] >= 0) & (emo[None, :] >= 0)
-            & ~tf.cast(tf.eye(n), tf.bool))
+    same = (sid[:, None] == sid[None, :]) & (sid[:, None] >= 0)
+    if sequence_id is not None:
+        seq = tf.reshape(tf.cast(sequence_id, tf.int64), [-1])
+        same_seq = (seq[:, None] == seq[None, :]) & (seq[:, None] >= 0)
+        same = tf.where(seq[:, None] >= 0, same_seq, same)
+    same = same & (emo[None, :] >= 0) & ~tf.cast(tf.eye(n), tf.bool)
     score = tf.where(same, 1.0 + _uniform([n, n], s1), 0.0)
     partner = tf.argmax(score, axis=1, output_type=tf.int64)
     use_pair = tf.reduce_any(same, axis=1) & (_uniform([n], s2) < pair_prob)
@@ -582,16 +658,29 @@ class FERSNetModel(keras.Model):
 
     def call(self, inputs, training=False):
         image = inputs["image"] if isinstance(inputs, dict) else inputs
-        fx, _ = self.encoder(image, training=training)
+        fx, _, _ = self.encode(image, training=training)
         logits = self.classifier(fx, training=training)
         probs = tf.nn.softmax(self.label_set(logits), axis=-1)
         return {"logits": logits, "probabilities": probs}
 
+    def encode(self, image, training=False):
+        """``(f_x4, f_y4, skips)``: the encoder's outputs (skips empty unless
+        ``decoder_skips``)."""
+        out = self.encoder(image, training=training)
+        return out[0], out[1], list(out[2:])
+
+    def decode(self, fy, skips, image, onehot, training=False):
+        """The decoder on encoder outputs of ``image`` and a one-hot target."""
+        inputs = [fy, onehot] + list(reversed(skips))
+        if self.cfg.get("decoder_skips") or self.cfg.get("residual_output"):
+            inputs.append(image)
+        return self.decoder(inputs, training=training)
+
     def synthesize(self, image, target, training=False):
         """``G(image, target)``: image ``[B,S,S,1]`` in [0,1], target int ``[B]``."""
         onehot = tf.one_hot(tf.cast(target, tf.int32), NUM_CLASSES)
-        _, fy = self.encoder(image, training=training)
-        return self.decoder([fy, onehot], training=training)
+        _, fy, skips = self.encode(image, training=training)
+        return self.decode(fy, skips, image, onehot, training=training)
 
     def get_config(self):
         return {**super().get_config(), "cfg": self.cfg}
@@ -660,20 +749,22 @@ class FERSNetModel(keras.Model):
             sid = -tf.ones([n], tf.int64)
         self._observe(data, emotion)
         target, partner, pair_mask = pair_targets(
-            sid, emotion, mask, cfg["pair_prob"], allowed=tf.convert_to_tensor(self.emotions_seen))
+            sid, emotion, mask, cfg["pair_prob"], allowed=tf.convert_to_tensor(self.emotions_seen),
+            sequence_id=data.get("sequence_id"))
         t_onehot = tf.one_hot(target, NUM_CLASSES)
         x_t = tf.gather(x, partner)
         kind = cfg["gan_loss"]
 
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fx, fy = self.encoder(x, training=True)
+            fx, fy, skips = self.encode(x, training=True)
             logits = self.classifier(fx, training=True)
-            fake = self.decoder([fy, t_onehot], training=True)
+            fake = self.decode(fy, skips, x, t_onehot, training=True)
             pred = tf.argmax(self.label_set(tf.stop_gradient(logits)), -1)
             source = tf.where(emotion >= 0, emotion, pred)
             snap = self._snapshot(self._bn_layers())
-            _, fy2 = self.encoder(fake, training=True)
-            cycled = self.decoder([fy2, tf.one_hot(source, NUM_CLASSES)], training=True)
+            _, fy2, skips2 = self.encode(fake, training=True)
+            cycled = self.decode(fy2, skips2, fake, tf.one_hot(source, NUM_CLASSES),
+                                 training=True)
             self._restore(snap)
 
             cls, acc = self._cls_terms(logits, emotion, mask)
@@ -722,7 +813,7 @@ class FERSNetModel(keras.Model):
         self._observe(data, emotion)
         with tf.GradientTape() as tape:
             snap = self._snapshot(self._bn_layers(("syn_",)))
-            fx, _ = self.encoder(x, training=True)
+            fx, _, _ = self.encode(x, training=True)
             self._restore(snap)
             logits = self.classifier(fx, training=True)
             cls, acc = self._cls_terms(logits, emotion, mask)
@@ -737,7 +828,7 @@ class FERSNetModel(keras.Model):
     def test_step(self, data):
         x = tf.convert_to_tensor(data["image"], tf.float32)
         emotion = tf.reshape(tf.cast(data["emotion"], tf.int64), [-1])
-        fx, _ = self.encoder(x, training=False)
+        fx, _, _ = self.encode(x, training=False)
         logits = self.classifier(fx, training=False)
         cls, acc = self._cls_terms(logits, emotion, data["emotion_mask"])
         logs = self._log({"loss": cls, "cls_loss": cls, "accuracy": acc})
@@ -961,7 +1052,7 @@ def synthesize_balanced(model: FERSNetModel, samples: Iterable[contract.FaceSamp
             image=contract.encode_png(np.rint(np.clip(img[..., 0], 0, 1) * 255.0)),
             dataset=f"{s.dataset}_fes", uid=f"{s.uid}_fes_{contract.EMOTIONS[t]}",
             emotion=t, emotion_mask=s.emotion_mask, subject=s.subject, domain=s.domain,
-            split=s.split))
+            split=s.split, sequence=s.sequence))
     return out
 
 
@@ -1027,6 +1118,9 @@ _COMMON = {
     "lambda_idt_end": 0.5,
     "idt_ramp_epochs": 10,
     "pair_prob": 1.0,
+    "batch_group_size": 2,
+    "decoder_skips": False,
+    "residual_output": False,
     "beta_1": 0.5,
     "augment": True,
     "mirror": True,
@@ -1059,6 +1153,9 @@ class FERSNet(Method):
             "d_learning_rate": 2e-3,
             "batch_size": 16,
             "epochs": 8,
+            # ours, not the paper's (module docstring, "Decoder"):
+            "decoder_skips": True,
+            "residual_output": True,
         },
         "paper": {
             **_COMMON,
@@ -1087,7 +1184,7 @@ class FERSNet(Method):
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         size = int(cfg["image_size"])
         image = keras.Input((size, size, 1), name="image")
-        fx, _ = model.encoder(image)
+        fx = model.encoder(image)[0]
         logits = model.classifier(fx)
         probs = keras.layers.Softmax(name="probabilities")(model.label_set(logits))
         return keras.Model(image, {"probabilities": probs, "logits": logits},

@@ -19,6 +19,8 @@ key                shape / dtype     meaning
 ``landmarks_mask`` [B, 1] f32
 ``dataset_id``     [B] int64         index into the run's dataset list, -1 unknown
 ``subject_id``     [B] int64         hash of the subject string, -1 unknown
+``sequence_id``    [B] int64         hash of (subject, sequence), -1 when the
+                                     sequence is unknown
 =================  ================  ===========================================
 """
 
@@ -66,13 +68,22 @@ def subject_id(subject: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.equal(subject, ""), -tf.ones_like(h), h)
 
 
+def sequence_id(subject: tf.Tensor, sequence: tf.Tensor) -> tf.Tensor:
+    """Stable int64 id of (subject, sequence) pairs (sequence names such as
+    ``001`` repeat across subjects); -1 where the sequence is unknown ("")."""
+    h = tf.strings.to_hash_bucket_fast(tf.strings.join([subject, sequence], "\x1f"), 2 ** 62)
+    return tf.where(tf.equal(sequence, ""), -tf.ones_like(h), h)
+
+
 def to_model_inputs(parsed: Dict[str, tf.Tensor], image_size: int,
                     datasets: Sequence[str] = ()) -> Dict[str, tf.Tensor]:
-    """Map a batch parsed with ``contract.feature_spec()`` to model inputs."""
+    """Map a batch parsed with ``contract.parse_spec()`` to model inputs."""
     out = {"image": decode_image(parsed["image"], image_size)}
     for k in LABEL_KEYS:
         out[k] = parsed[k]
     out["emotion"] = tf.cast(tf.reshape(parsed["emotion"], [-1]), tf.int64)
     out["dataset_id"] = lookup_index(tf.reshape(parsed["dataset"], [-1]), datasets)
-    out["subject_id"] = subject_id(tf.reshape(parsed["subject"], [-1]))
+    subject = tf.reshape(parsed["subject"], [-1])
+    out["subject_id"] = subject_id(subject)
+    out["sequence_id"] = sequence_id(subject, tf.reshape(parsed["sequence"], [-1]))
     return out

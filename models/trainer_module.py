@@ -21,8 +21,20 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 
+def _face_key(feature_spec):
+    from models.inputs import face_key
+
+    keys = {k: feature_spec[k] for k in ("subject_id", "sequence_id")}
+
+    def key(record):
+        parsed = tf.io.parse_single_example(record, keys)
+        return face_key(tf.reshape(parsed["subject_id"], []),
+                        tf.reshape(parsed["sequence_id"], []))
+    return key
+
+
 def _dataset(file_patterns, feature_spec, batch_size: int, training: bool,
-             repeat: bool, augment=None) -> tf.data.Dataset:
+             repeat: bool, augment=None, group_size: int = 0) -> tf.data.Dataset:
     files = tf.data.Dataset.list_files(file_patterns, shuffle=training)
     ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
@@ -30,6 +42,9 @@ def _dataset(file_patterns, feature_spec, batch_size: int, training: bool,
         ds = ds.shuffle(4096, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if training and group_size > 1:
+        from models.inputs import group_by_face
+        ds = group_by_face(ds, _face_key(feature_spec), group_size)
     ds = ds.batch(batch_size, drop_remainder=training)
     ds = ds.map(lambda s: tf.io.parse_example(s, feature_spec),
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -42,7 +57,7 @@ def _dataset(file_patterns, feature_spec, batch_size: int, training: bool,
 
 def _squeeze_scalars(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     out = dict(batch)
-    for key in ("emotion", "dataset_id", "subject_id"):
+    for key in ("emotion", "dataset_id", "subject_id", "sequence_id"):
         if key in out and out[key].shape.rank == 2:
             out[key] = tf.reshape(out[key], [-1])
     return out
@@ -87,7 +102,8 @@ def run_fn(fn_args) -> None:
              cfg["method"], cfg.get("preset"), n_train, epochs, steps_per_epoch, batch_size)
 
     train_ds = _dataset(fn_args.train_files, spec, batch_size, training=True, repeat=True,
-                        augment=lambda b: method.augment(b, cfg))
+                        augment=lambda b: method.augment(b, cfg),
+                        group_size=int(cfg.get("batch_group_size", 0)))
     eval_ds = _dataset(fn_args.eval_files, spec, batch_size, training=False, repeat=False)
 
     with distribution_strategy().scope():

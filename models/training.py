@@ -211,10 +211,13 @@ def dataset_names(data, compression=None) -> Tuple[str, ...]:
 
 def make_dataset(data: Data, image_size: int, batch_size: int, datasets: Sequence[str] = (),
                  training: bool = False, augment=None, repeat: bool = False, seed: int = 0,
-                 compression: Optional[str] = None) -> Tuple[tf.data.Dataset, Optional[int]]:
+                 compression: Optional[str] = None,
+                 group_size: int = 0) -> Tuple[tf.data.Dataset, Optional[int]]:
     """``(dataset, num_examples)`` of model-input batches from samples, TFRecord
     files or an already batched ``tf.data.Dataset`` (returned as is, plus
-    ``augment`` when training; ``num_examples`` None when unknown)."""
+    ``augment`` when training; ``num_examples`` None when unknown).
+    ``group_size`` > 1 puts runs of that many same-face samples in training
+    batches (``models.inputs.group_by_face``)."""
     if isinstance(data, tf.data.Dataset):
         ds = data.map(augment, num_parallel_calls=tf.data.AUTOTUNE) if (training and augment) \
             else data
@@ -222,13 +225,13 @@ def make_dataset(data: Data, image_size: int, batch_size: int, datasets: Sequenc
     if _is_samples(data):
         ds = model_inputs.dataset_from_samples(data, image_size, batch_size, datasets,
                                                training=training, seed=seed, augment=augment,
-                                               repeat=repeat)
+                                               repeat=repeat, group_size=group_size)
         return ds, len(data)
     files = resolve_files(data)
     comp = _compression(files, compression)
     ds = model_inputs.dataset_from_files(files, image_size, batch_size, datasets,
                                          training=training, compression=comp, seed=seed,
-                                         augment=augment, repeat=repeat)
+                                         augment=augment, repeat=repeat, group_size=group_size)
     return ds, (_count_records(files, comp) if training else None)
 
 
@@ -415,7 +418,8 @@ def train(method_name: Union[str, Method], train_samples_or_files: Data,
 
     train_ds, n_train = make_dataset(train_samples_or_files, size, batch_size, datasets,
                                      training=True, augment=augment, repeat=True,
-                                     seed=seed or 0, compression=compression)
+                                     seed=seed or 0, compression=compression,
+                                     group_size=int(cfg.get("batch_group_size", 0)))
     if isinstance(train_samples_or_files, tf.data.Dataset):
         train_ds = train_ds.repeat() if steps_per_epoch else train_ds
     if steps_per_epoch is None and n_train is not None:

@@ -8,9 +8,9 @@ save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
 
 ``slow`` (``make test-all``, ~2 more minutes on a shared 2-core CPU): a
 10-epoch fit (fixture ``trained``) that beats chance on held-out subjects and
-whose synthesized faces move a frozen baseline classifier toward the target;
-a strict ``xfail`` records the known gap that the fakes do not yet *show* the
-target expression (the oracle's argmax is the target at chance rate).
+whose synthesized faces keep the source face; a strict ``xfail`` records the
+known gap that the fakes do not yet *show* the target expression to a frozen
+expression oracle.
 """
 
 from __future__ import annotations
@@ -98,6 +98,20 @@ def test_pair_targets_use_same_subject_pairs_only():
     assert not np.asarray(pm).any()
 
 
+def test_pair_targets_keep_known_sequences_apart():
+    # subject 5: sequences 10 (samples 0, 1) and 11 (sample 2), and sample 3 of
+    # unknown sequence; subject 7: sample 4 in sequence 12 (alone)
+    sid = tf.constant([5, 5, 5, 5, 7], tf.int64)
+    seq = tf.constant([10, 10, 11, -1, 12], tf.int64)
+    emo = tf.constant([0, 3, 4, 1, 2], tf.int64)
+    for seed in range(20):
+        _, partner, pm = (np.asarray(v) for v in F.pair_targets(
+            sid, emo, tf.ones([5, 8]), seed=[seed, 0], sequence_id=seq))
+        # 0 <-> 1 only; 2 and 4 are alone in their sequence; 3 pairs within subject 5
+        assert pm.tolist() == [1, 1, 0, 1, 0]
+        assert partner[0] == 1 and partner[1] == 0 and partner[3] in (0, 1, 2)
+
+
 def test_augment_same_transform_within_subject():
     cfg = F.FERSNet().config("small")
     assert cfg["image_size"] == SIZE
@@ -146,6 +160,23 @@ def test_paper_preset_architecture():
     assert model.discriminator.output.shape[1:] == (12, 12, 1)
     names = [layer.name for layer in model.encoder.layers]
     assert [n for n in names if n.startswith("transfer")] == [f"transfer{k}" for k in range(1, 5)]
+
+
+def test_small_preset_decoder_is_residual_with_skips():
+    """``G(x, t) = clip(x + tanh(conv(.)))`` with U-Net skips: a zero last
+    conv gives back ``x`` exactly, whatever the target."""
+    from models.registry import get_method
+
+    cfg = get_method("fersnet").config("small")
+    assert cfg["decoder_skips"] and cfg["residual_output"]
+    model = F.FERSNetModel(cfg)
+    assert [tuple(o.shape[1:3]) for o in model.encoder.outputs] == \
+        [(4, 4), (4, 4), (32, 32), (16, 16), (8, 8)]
+    delta = model.decoder.get_layer("synth_delta")
+    delta.set_weights([np.zeros_like(w) for w in delta.get_weights()])
+    x = np.random.default_rng(0).uniform(size=(3, SIZE, SIZE, 1)).astype(np.float32)
+    out = model.synthesize(tf.constant(x), tf.constant([0, 3, 6]))
+    np.testing.assert_allclose(np.asarray(out), x, atol=1e-6)
 
 
 def test_fused_batch_norm_matches_keras():
@@ -259,46 +290,57 @@ def test_export_serving_and_synthesize(short_fit, split, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def oracle_probabilities(trained, split):
-    """A frozen expression oracle (the baseline CNN trained on all subjects) on the
-    held-out faces and on their fakes for every other target: ``(p_real [n, 8],
-    p_fake [n*k, 8], targets [n*k], keep [n*k] target != own expression)``."""
-    from models import training
-
+def held_out_fakes(trained, split):
+    """The held-out faces ``x [n]``, their fakes for every basic target
+    ``[n*k]`` (k = 7), the targets and ``keep`` (target != own expression)."""
     _, model, _, _ = trained
-    train, test = split
-    bmethod, bmodel, bcfg, _ = training.train(
-        "baseline", train + test, preset="small", epochs=6, seed=1,
-        overrides={"image_size": SIZE, "flip": False, "crop_padding": 0})
-    oracle = bmethod.inference_model(bmodel, bcfg)
+    test = split[1]
     x = _images(test)
     own = np.asarray([s.emotion for s in test])
     n, k = len(test), len(contract.BASIC7)
     targets = np.tile(np.arange(k), n)
     keep = targets != np.repeat(own, k)
-    fakes = F.synthesize(model, np.repeat(x, k, 0), targets)
-    return (np.asarray(oracle(x)["probabilities"]), np.asarray(oracle(fakes)["probabilities"]),
-            targets, keep)
+    return x, F.synthesize(model, np.repeat(x, k, 0), targets), targets, keep
 
 
 @pytest.mark.slow
-def test_synthesis_moves_frozen_classifier_toward_target(oracle_probabilities):
-    p_real, p_fake, targets, keep = oracle_probabilities
+def test_synthesis_keeps_the_face(held_out_fakes, split):
+    """Residual output + skips: a fake stays close to its source face (the
+    old bottleneck-only decoder returned a blur ~0.08 away), much closer than
+    the same expression on another held-out subject."""
+    x, fakes, _, _ = held_out_fakes
     k = len(contract.BASIC7)
-    rows = np.arange(len(targets))
-    before = np.repeat(p_real, k, 0)[rows, targets][keep]
-    after = p_fake[rows, targets][keep]
-    assert after.mean() > before.mean() + 0.02, (after.mean(), before.mean())
+    to_source = np.abs(fakes - np.repeat(x, k, 0)).mean()
+    subjects = np.asarray([s.subject for s in split[1]])
+    other = np.roll(np.arange(len(x)), 14)           # same index, a different subject
+    assert (subjects != subjects[other]).all()
+    between_subjects = np.abs(x - x[other]).mean()
+    assert to_source < 0.25 * between_subjects, (to_source, between_subjects)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap (#4): the small preset's fakes do not show "
-                   "the target expression; p(target) above rises only because the blur "
-                   "flattens the oracle's output (see the models/fersnet.py docstring)")
-def test_synthesis_shows_the_target_expression(oracle_probabilities):
-    _, p_fake, targets, keep = oracle_probabilities
+@pytest.mark.xfail(strict=True, reason="known gap (#4): after the tests' ~140 steps the "
+                   "fakes stay near the source face; the oracle reads the source, not the "
+                   "target (see 'What to expect' in the models/fersnet.py docstring)")
+def test_synthesis_shows_the_target_expression(held_out_fakes, split):
+    """A frozen expression oracle (the baseline CNN trained on all subjects)
+    reads the target in the fakes: its probability rises over the real face's,
+    and its argmax is the target well above chance."""
+    from models import training
+
+    x, fakes, targets, keep = held_out_fakes
+    bmethod, bmodel, bcfg, _ = training.train(
+        "baseline", split[0] + split[1], preset="small", epochs=6, seed=1,
+        overrides={"image_size": SIZE, "flip": False, "crop_padding": 0})
+    oracle = bmethod.inference_model(bmodel, bcfg)
+    p_real = np.asarray(oracle(x)["probabilities"])
+    p_fake = np.asarray(oracle(fakes)["probabilities"])
+    rows = np.arange(len(targets))
+    before = np.repeat(p_real, len(contract.BASIC7), 0)[rows, targets][keep]
+    after = p_fake[rows, targets][keep]
     hit = (p_fake.argmax(-1) == targets)[keep].mean()
-    assert hit > 2 * chance(), hit
+    assert after.mean() > before.mean() + 0.02 and hit > 2 * chance(), \
+        (after.mean(), before.mean(), hit)
 
 
 def test_gate_maps(short_fit, split):

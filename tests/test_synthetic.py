@@ -306,6 +306,7 @@ def test_dataset_and_domain_fields():
         np.testing.assert_array_equal(s.aus_mask, np.ones(contract.NUM_AUS))
         assert s.landmarks_mask == 1.0
         assert s.uid == f"synth_s0000_{s.domain}_{contract.EMOTIONS[s.emotion]}_00"
+        assert s.sequence == f"{s.domain}_00"   # render group: shared pose, light, occlusion
 
 
 # --------------------------------------------------------------------------- contract / files
@@ -314,11 +315,30 @@ def test_contract_round_trip():
                                   size=SIZE)))
     back = contract.FaceSample.from_example(sample.serialize())
     assert back.image == sample.image and back.uid == sample.uid
-    assert (back.emotion, back.subject, back.dataset, back.domain, back.split) == \
-        (sample.emotion, sample.subject, sample.dataset, sample.domain, sample.split)
+    assert (back.emotion, back.subject, back.dataset, back.domain, back.split, back.sequence) == \
+        (sample.emotion, sample.subject, sample.dataset, sample.domain, sample.split,
+         sample.sequence)
     np.testing.assert_allclose(back.aus, sample.aus)
     np.testing.assert_allclose(back.landmarks, sample.landmarks)
     np.testing.assert_array_equal(back.pixels(), sample.pixels())
+
+
+def test_records_without_sequence_still_read():
+    """``sequence`` came after the first release: older records read as ""."""
+    import tensorflow as tf
+
+    from models import preprocessing
+
+    sample = next(iter(S.generate(n_subjects=1, samples_per_emotion=1, domains=("lab",),
+                                  size=SIZE)))
+    old = sample.to_example()
+    del old.features.feature["sequence"]
+    assert contract.FaceSample.from_example(old.SerializeToString()).sequence == ""
+    parsed = tf.io.parse_example(tf.constant([old.SerializeToString(), sample.serialize()]),
+                                 contract.parse_spec())
+    assert parsed["sequence"].numpy().tolist() == [b"", b"lab_00"]
+    ids = preprocessing.to_model_inputs(parsed, 32)["sequence_id"].numpy()
+    assert ids[0] == -1 and ids[1] >= 0
 
 
 def test_write_dataset(tmp_path):
