@@ -146,7 +146,9 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   discriminator; and, on the generator alone with aligned pairs (pure L1,
   3000 steps), skips + residual drew 15 % of the real change (L1 to the
   target 0.0060 against 0.0071) without the oracle reading it, while a
-  perceptual loss on a frozen classifier's features did not help.
+  perceptual loss on a frozen classifier's features did not help, nor did
+  a warping output (a flow field of up to 3 px plus a residual: L1 to the
+  target 0.0069-0.0149, hits 3-7 %).
 * Optimizers: Adam (beta_1 0.5) for generator+recognizer and for the
   discriminator (:class:`FusedAdam`, Keras Adam maths in one op per
   variable); learning rates are ours.  Batch normalization of the conv
