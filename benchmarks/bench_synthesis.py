@@ -47,13 +47,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def aligned_jobs(samples):
-    """``(source, target expression, real target)`` index triples within each
-    capture sequence (subject + sequence)."""
+def sequences(samples):
+    """``[{expression: sample index}]``, one dict per capture sequence."""
     groups = {}
     for i, s in enumerate(samples):
         groups.setdefault((s.subject, s.sequence), {})[s.emotion] = i
-    jobs = [(g[a], b, g[b]) for g in groups.values() for a in g for b in g if a != b]
+    return list(groups.values())
+
+
+def aligned_jobs(samples):
+    """``(source, target expression, real target)`` index triples within each
+    capture sequence (subject + sequence)."""
+    jobs = [(g[a], b, g[b]) for g in sequences(samples) for a in g for b in g if a != b]
     return np.asarray(jobs, np.int64).reshape(-1, 3)
 
 
@@ -89,11 +94,8 @@ def save_grid(path, x, fakes_of, samples, rows: int = 3) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((s.subject, s.sequence), {})[s.emotion] = i
     neutral = contract.EMOTIONS.index("neutral")
-    picked = [g for g in groups.values() if neutral in g and len(g) == K][:rows]
+    picked = [g for g in sequences(samples) if neutral in g and len(g) == K][:rows]
     fig, ax = plt.subplots(2 * len(picked), K + 1, figsize=(1.5 * (K + 1), 3.1 * len(picked)))
     ax = np.atleast_2d(ax)
     for r, g in enumerate(picked):

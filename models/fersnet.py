@@ -125,9 +125,8 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   subjects), synthesis does **not** yet show the target to the oracle.
   After 140 steps the fakes stay near the sharp source face (L1
   0.001-0.008 from it in two runs; the plain decoder returned a blur 0.08
-  away).  After 3500 steps (40
-  subjects, 13-19 min on 2 cores) two runs of the same command differ: in
-  one the fakes carry target-specific changes in the right places (lowered
+  away).  After 3500 steps (40 subjects, 13-19 min on 2 cores) two runs
+  of the same command differ: in one the fakes carry target-specific changes in the right places (lowered
   brows for anger, forehead lines for fear, surprise and sadness) with
   artefacts, the oracle's p(target) rises from 0.06 on the real source to
   0.15 but its argmax is the target for 13 % of them (chance 14 %); in the
@@ -137,14 +136,14 @@ Interpretation choices (the paper leaves these open or cannot be reproduced):
   source is (0.0067).  Tried and not kept: a StarGAN-style expression loss
   (cross-entropy of a recognizer on G(x, t) towards t, synthesis side
   only): in FERSNet with the plain decoder and unaligned pairs it drew
-  patterns the oracle did not read (argmax = target 4-16 %); on the
-  generator alone (aligned pairs, skips, residual output, a frozen
+  patterns the oracle did not read (argmax = target 4-16 %); in an
+  uncommitted probe of the generator alone (aligned pairs, skips, residual output, a frozen
   recognizer trained on the training subjects) the oracle reads the fakes
   (72-85 % on held-out faces) but they are sparse dot patterns on the brows
   and mouth, not expressions: a loss the fakes learn to fool.
   Also tried: the label tiled into every decoder block, a matching-aware
-  discriminator; and, on the generator alone with aligned pairs (pure L1,
-  3000 steps), skips + residual drew 15 % of the real change (L1 to the
+  discriminator; and, in an uncommitted probe of the generator alone with
+  aligned pairs (pure L1, 3000 steps), skips + residual drew 15 % of the real change (L1 to the
   target 0.0060 against 0.0071) without the oracle reading it, while a
   perceptual loss on a frozen classifier's features did not help, nor did
   a warping output (a flow field of up to 3 px plus a residual: L1 to the
@@ -310,6 +309,11 @@ def build_classifier(cfg: Dict[str, Any]) -> keras.Model:
     return keras.Model(feat, logits, name="classifier")
 
 
+def _decoder_takes_image(cfg: Dict[str, Any]) -> bool:
+    """The image is a decoder input for the last skip and for the residual output."""
+    return bool(cfg.get("decoder_skips") or cfg.get("residual_output"))
+
+
 def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
     """Label transformer + decoder: ``[f_y4, one_hot(t)] -> G(x, t)`` in [0, 1].
 
@@ -333,7 +337,7 @@ def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
             r, fk = size // 2 ** k, cfg["filters"][k - 1]
             lateral.append(keras.Input((r, r, fk), name=f"syn_skip{k}"))
         inputs += lateral
-    if skips_on or residual:
+    if _decoder_takes_image(cfg):
         image = keras.Input((size, size, 1), name="image")
         inputs.append(image)
         if skips_on:
@@ -674,7 +678,7 @@ class FERSNetModel(keras.Model):
     def decode(self, fy, skips, image, onehot, training=False):
         """The decoder on encoder outputs of ``image`` and a one-hot target."""
         inputs = [fy, onehot] + list(reversed(skips))
-        if self.cfg.get("decoder_skips") or self.cfg.get("residual_output"):
+        if _decoder_takes_image(self.cfg):
             inputs.append(image)
         return self.decoder(inputs, training=training)
 

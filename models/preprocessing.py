@@ -62,17 +62,21 @@ def lookup_index(values: tf.Tensor, vocabulary: Sequence[str]) -> tf.Tensor:
     return tf.where(tf.reduce_any(hits, axis=1), idx, -tf.ones_like(idx))
 
 
+def _string_id(text: tf.Tensor, unknown: tf.Tensor) -> tf.Tensor:
+    """Stable int64 hash of ``text``; -1 where ``unknown``."""
+    h = tf.strings.to_hash_bucket_fast(text, 2 ** 62)
+    return tf.where(unknown, -tf.ones_like(h), h)
+
+
 def subject_id(subject: tf.Tensor) -> tf.Tensor:
     """Stable int64 id of subject strings; -1 for the empty (unknown) subject."""
-    h = tf.strings.to_hash_bucket_fast(subject, 2 ** 62)
-    return tf.where(tf.equal(subject, ""), -tf.ones_like(h), h)
+    return _string_id(subject, tf.equal(subject, ""))
 
 
 def sequence_id(subject: tf.Tensor, sequence: tf.Tensor) -> tf.Tensor:
     """Stable int64 id of (subject, sequence) pairs (sequence names such as
     ``001`` repeat across subjects); -1 where the sequence is unknown ("")."""
-    h = tf.strings.to_hash_bucket_fast(tf.strings.join([subject, sequence], "\x1f"), 2 ** 62)
-    return tf.where(tf.equal(sequence, ""), -tf.ones_like(h), h)
+    return _string_id(tf.strings.join([subject, sequence], "\x1f"), tf.equal(sequence, ""))
 
 
 def to_model_inputs(parsed: Dict[str, tf.Tensor], image_size: int,

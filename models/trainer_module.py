@@ -18,16 +18,15 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from models.inputs import face_key, group_by_face
+
 log = logging.getLogger(__name__)
 
 
 def _face_key(feature_spec):
-    from models.inputs import face_key
-
-    keys = {k: feature_spec[k] for k in ("subject_id", "sequence_id")}
-
     def key(record):
-        parsed = tf.io.parse_single_example(record, keys)
+        parsed = tf.io.parse_single_example(
+            record, {k: feature_spec[k] for k in ("subject_id", "sequence_id")})
         return face_key(tf.reshape(parsed["subject_id"], []),
                         tf.reshape(parsed["sequence_id"], []))
     return key
@@ -42,8 +41,7 @@ def _dataset(file_patterns, feature_spec, batch_size: int, training: bool,
         ds = ds.shuffle(4096, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if training and group_size > 1:
-        from models.inputs import group_by_face
+    if training:
         ds = group_by_face(ds, _face_key(feature_spec), group_size)
     ds = ds.batch(batch_size, drop_remainder=training)
     ds = ds.map(lambda s: tf.io.parse_example(s, feature_spec),

@@ -163,8 +163,9 @@ def test_paper_preset_architecture():
 
 
 def test_small_preset_decoder_is_residual_with_skips():
-    """``G(x, t) = clip(x + tanh(conv(.)))`` with U-Net skips: a zero last
-    conv gives back ``x`` exactly, whatever the target."""
+    """``G(x, t) = clip(x + tanh(conv(.)), 0, 1)`` with U-Net skips: with the
+    last conv's kernel at zero and its bias b, G is the NumPy
+    ``clip(x + tanh(b), 0, 1)`` whatever the target; b = 0 gives back x."""
     from models.registry import get_method
 
     cfg = get_method("fersnet").config("small")
@@ -173,10 +174,13 @@ def test_small_preset_decoder_is_residual_with_skips():
     assert [tuple(o.shape[1:3]) for o in model.encoder.outputs] == \
         [(4, 4), (4, 4), (32, 32), (16, 16), (8, 8)]
     delta = model.decoder.get_layer("synth_delta")
-    delta.set_weights([np.zeros_like(w) for w in delta.get_weights()])
+    kernel, _ = delta.get_weights()
     x = np.random.default_rng(0).uniform(size=(3, SIZE, SIZE, 1)).astype(np.float32)
-    out = model.synthesize(tf.constant(x), tf.constant([0, 3, 6]))
-    np.testing.assert_allclose(np.asarray(out), x, atol=1e-6)
+    for b in (0.0, 0.4, -0.7):
+        delta.set_weights([np.zeros_like(kernel), np.full([1], b, np.float32)])
+        out = model.synthesize(tf.constant(x), tf.constant([0, 3, 6]))
+        np.testing.assert_allclose(np.asarray(out), np.clip(x + np.tanh(b), 0.0, 1.0),
+                                   atol=1e-6)
 
 
 def test_fused_batch_norm_matches_keras():
