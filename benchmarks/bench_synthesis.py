@@ -17,6 +17,14 @@ face ``x`` and every other basic expression ``t`` of its capture sequence
 * L1 fake->target against L1 source->target: below means ``G`` drew some of
   the real change of expression; L1 fake->source: how much ``G`` changed.
 
+``--generator-only``: instead of the whole FERSNet objective, train only its
+generator (both encoder streams, the ConvFLU transfers, label transformer and
+decoder) on aligned ``(x, t, x_t)`` pairs of the training subjects with
+``lambda_rec * recon_loss(G(x, t), x_t)`` alone, ``--steps`` Adam steps at
+``--lr`` (batch 16).  It isolates what the architecture and the
+reconstruction loss can learn from what the GAN, cycle and classification
+terms add (module docstring of ``models/fersnet.py``, "Synthesis side").
+
 Prints one JSON line (the figures), saves a grid (source, ``G(x, t)`` for the
 seven targets, the real targets) as PNG::
 
@@ -38,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from components import contract, synthetic  # noqa: E402
+from models import fersnet  # noqa: E402
 
 SIZE = 64
 K = len(contract.BASIC7)
@@ -47,47 +56,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sequences(samples):
-    """``[{expression: sample index}]``, one dict per capture sequence."""
-    groups = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((s.subject, s.sequence), {})[s.emotion] = i
-    return list(groups.values())
-
-
-def aligned_jobs(samples):
-    """``(source, target expression, real target)`` index triples within each
-    capture sequence (subject + sequence)."""
-    jobs = [(g[a], b, g[b]) for g in sequences(samples) for a in g for b in g if a != b]
-    return np.asarray(jobs, np.int64).reshape(-1, 3)
-
-
-def measure(oracle, x, labels, fakes, jobs) -> dict:
-    """The figures of the module docstring; ``labels`` the real faces' expressions."""
-    src, tgt, real = jobs.T
-    p_fake = np.asarray(oracle(fakes)["probabilities"])
-    p_real = np.asarray(oracle(x)["probabilities"])
-    rows = np.arange(len(tgt))
-    own = np.asarray(labels)[src]
-    without_source = p_fake.copy()
-    without_source[rows, own] = -1.0
-    return {
-        "pairs": int(len(tgt)),
-        "hit": float((p_fake.argmax(-1) == tgt).mean()),
-        "chance": 1.0 / K,
-        "hit_excluding_source": float((without_source.argmax(-1) == tgt).mean()),
-        "chance_excluding_source": 1.0 / (K - 1),
-        "p_target_fake": float(p_fake[rows, tgt].mean()),
-        "p_target_real_source": float(p_real[src, tgt].mean()),
-        "p_source_fake": float(p_fake[rows, own].mean()),
-        "p_source_real_source": float(p_real[src, own].mean()),
-        "oracle_acc_real": float((p_real.argmax(-1) == np.asarray(labels)).mean()),
-        "l1_fake_target": float(np.abs(fakes - x[real]).mean()),
-        "l1_source_target": float(np.abs(x[src] - x[real]).mean()),
-        "l1_fake_source": float(np.abs(fakes - x[src]).mean()),
-    }
-
-
 def save_grid(path, x, fakes_of, samples, rows: int = 3) -> None:
     import matplotlib
 
@@ -95,7 +63,7 @@ def save_grid(path, x, fakes_of, samples, rows: int = 3) -> None:
     import matplotlib.pyplot as plt
 
     neutral = contract.EMOTIONS.index("neutral")
-    picked = [g for g in sequences(samples) if neutral in g and len(g) == K][:rows]
+    picked = [g for g in fersnet.capture_sequences(samples) if neutral in g and len(g) == K][:rows]
     fig, ax = plt.subplots(2 * len(picked), K + 1, figsize=(1.5 * (K + 1), 3.1 * len(picked)))
     ax = np.atleast_2d(ax)
     for r, g in enumerate(picked):
@@ -116,6 +84,38 @@ def save_grid(path, x, fakes_of, samples, rows: int = 3) -> None:
     log(f"grid -> {path}")
 
 
+def train_generator(train, overrides, steps: int, lr: float, seed: int, batch: int = 16):
+    """``--generator-only``: a ``FERSNetModel`` (small preset + ``overrides``)
+    whose generator was trained alone on aligned pairs of ``train``."""
+    import tensorflow as tf
+    import keras
+
+    cfg = fersnet.FERSNet().config("small", **overrides)
+    tf.random.set_seed(seed)
+    model = fersnet.FERSNetModel(cfg, load_embedding=False)
+    x = fersnet._decode_to_size(train, SIZE)
+    jobs = fersnet.aligned_synthesis_jobs(train)
+    params = (model.encoder.trainable_variables + model.decoder.trainable_variables)
+    opt = keras.optimizers.Adam(lr, beta_1=cfg["beta_1"])
+    kind, weight = cfg["recon_loss"], float(cfg["lambda_rec"])
+
+    @tf.function
+    def step(src, target, real):
+        with tf.GradientTape() as tape:
+            fake = model.synthesize(src, target, training=True)
+            loss = weight * tf.reduce_mean(fersnet._pixel_loss(fake, real, kind))
+        opt.apply(tape.gradient(loss, params), params)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for i in range(1, steps + 1):
+        b = jobs[rng.integers(0, len(jobs), batch)]
+        loss = step(x[b[:, 0]], b[:, 1], x[b[:, 2]])
+        if i % 250 == 0 or i == steps:
+            log(f"step {i}/{steps}: {weight:g} x {kind} = {float(loss):.5f}")
+    return model, cfg
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-subjects", type=int, default=40)
@@ -125,11 +125,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="FERSNet config override, e.g. residual_output=false")
+    p.add_argument("--generator-only", action="store_true",
+                   help="train the generator alone on aligned pairs (recon loss only)")
+    p.add_argument("--steps", type=int, default=1000, help="--generator-only: Adam steps")
+    p.add_argument("--lr", type=float, default=5e-4, help="--generator-only: learning rate")
     p.add_argument("--png", default="", help="save the grid of fakes here")
     p.add_argument("--save", default="", help="save the trained FERSNet here (.keras)")
     args = p.parse_args(argv)
 
-    from models import fersnet, training
+    from models import training
 
     overrides = {}
     for item in args.override:
@@ -143,9 +147,16 @@ def main(argv=None) -> int:
     log(f"{len(train)} training faces, {len(test)} held-out faces")
 
     t0 = time.time()
-    _, model, cfg, hist = training.train(fersnet.FERSNet(), train, test, preset="small",
-                                         epochs=args.epochs, seed=args.seed,
-                                         overrides=overrides, verbose=2)
+    if args.generator_only:
+        model, cfg = train_generator(train, overrides, args.steps, args.lr, args.seed)
+        run = {"generator_only": True, "steps": args.steps, "lr": args.lr}
+    else:
+        _, model, cfg, hist = training.train(fersnet.FERSNet(), train, test, preset="small",
+                                             epochs=args.epochs, seed=args.seed,
+                                             overrides=overrides, verbose=2)
+        run = {"epochs": args.epochs,
+               "steps": int(args.epochs * (len(train) // int(cfg["batch_size"]))),
+               "recognition_val_accuracy": float(hist.history["val_accuracy"][-1])}
     train_s = time.time() - t0
     log(f"FERSNet: {train_s:.0f} s")
     bmethod, bmodel, bcfg, _ = training.train(
@@ -154,13 +165,11 @@ def main(argv=None) -> int:
     oracle = bmethod.inference_model(bmodel, bcfg)
 
     x = fersnet._decode_to_size(test, SIZE)
-    jobs = aligned_jobs(test)
+    jobs = fersnet.aligned_synthesis_jobs(test)
     fakes = fersnet.synthesize(model, x[jobs[:, 0]], jobs[:, 1])
-    result = measure(oracle, x, [s.emotion for s in test], fakes, jobs)
-    result.update({"train_subjects": args.train_subjects, "epochs": args.epochs,
-                   "steps": int(args.epochs * (len(train) // int(cfg["batch_size"]))),
-                   "train_seconds": round(train_s), "overrides": overrides,
-                   "recognition_val_accuracy": float(hist.history["val_accuracy"][-1])})
+    result = fersnet.synthesis_scores(oracle, x, [s.emotion for s in test], fakes, jobs)
+    result.update({"train_subjects": args.train_subjects, **run,
+                   "train_seconds": round(train_s), "overrides": overrides})
     print(json.dumps(result), flush=True)
     if args.save:
         model.save(args.save)
