@@ -29,8 +29,8 @@ Prints one JSON line (the figures), saves a grid (source, ``G(x, t)`` for the
 seven targets, the real targets) as PNG::
 
     make bench-synthesis     # 40 subjects, 100 epochs (3500 steps, ~9 min): the slow test's run
-    .venv/bin/python benchmarks/bench_synthesis.py --seed 1 \
-        --png docs/figures/synthetic_fersnet_synthesis.png
+    .venv/bin/python benchmarks/bench_synthesis.py --seed 0 \
+        --png docs/figures/synthetic_fersnet_synthesis_l2_3500_steps.png   # RESULTS' figure
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ lambda4 ramp, fused BN / Adam), then one *short* FERSNet fit (fixture
 ``short_fit``, 2 epochs) shared by the mechanics checks: losses go down,
 save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
 
-``slow`` (``make test-all``, ~14 more minutes on 2 cores): a 10-epoch fit
+``slow`` (``make test-all``, ~11 more minutes on 2 cores): a 10-epoch fit
 (fixture ``trained``) that beats chance on held-out subjects, and a
 3500-step fit on 40 subjects (fixture ``synthesis_run``, the same run as
 ``make bench-synthesis``) whose synthesized faces keep the source face and
