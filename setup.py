@@ -8,7 +8,8 @@ setup(
     description="Multi-task facial expression recognition pipeline on TFX",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
-                                    "models", "models.*", "kubeflow", "kubeflow.*"]),
+                                    "models", "models.*", "kubeflow", "kubeflow.*",
+                                    "benchmarks"]),
     package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",

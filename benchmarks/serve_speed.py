@@ -61,7 +61,7 @@ def measure(run_dir: str, blobs, labels, datasets, single: int):
     import tensorflow as tf
 
     from models.export import export_saved_model
-    from pipeline.benchmark import load_run_model
+    from benchmarks.protocols import load_run_model
 
     method, model, cfg = load_run_model(run_dir, datasets)
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,8 +35,9 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
-from models.training import (LabelSetMask, LossModel, lr_schedule_callbacks, masked_mean,
-                             random_pad_crop)
+from models.augment import random_pad_crop
+from models.loss_model import LabelSetMask, LossModel, masked_mean
+from models.training import lr_schedule_callbacks
 
 
 def masked_softmax_cross_entropy(emotion: tf.Tensor, logits: tf.Tensor,

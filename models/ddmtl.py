@@ -53,7 +53,7 @@ Interpretation choices (written down because the paper leaves them open):
   without it (and without batch norm, which the paper's net does not have) the
   small CPU configuration barely learns in the few epochs of a test.
 * **Label set at inference**: the training step records the union of the
-  ``emotion_mask`` of every batch (``models.training.LabelSetMask``); the
+  ``emotion_mask`` of every batch (``models.loss_model.LabelSetMask``); the
   inference softmax runs over that set (untrained logits, e.g. ``contempt`` for a
   7-class dataset, get probability 0). Before any training all 8 are allowed.
 * Optimiser: the paper preset uses SGD (momentum 0.9), lr 0.05, multiplied by
@@ -61,7 +61,7 @@ Interpretation choices (written down because the paper leaves them open):
   the filter counts are not given in the paper and are our choice. The small
   preset uses Adam with far fewer filters so that it trains on a CPU in seconds.
 
-Saving: like every ``models.training.LossModel``, the training model
+Saving: like every ``models.loss_model.LossModel``, the training model
 round-trips through ``save_weights``/``load_weights`` (rebuild it with
 ``DDMTL().build(cfg)`` first); the inference model is a plain functional model
 that round-trips as ``.keras`` (its custom layers, ``LocalResponseNormalization``
@@ -80,7 +80,7 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
-from models.training import LabelSetMask, LossModel
+from models.loss_model import LabelSetMask, LossModel
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 
@@ -235,7 +235,7 @@ def build_branch(cfg: Dict[str, Any]) -> keras.Model:
     """One siamese branch: ``image -> {"logits", "embedding", "probabilities"}``.
 
     ``probabilities`` is the softmax of the logits restricted to the label set
-    seen in training (``models.training.LabelSetMask``, layer ``label_set``)."""
+    seen in training (``models.loss_model.LabelSetMask``, layer ``label_set``)."""
     from models.layers import LocalResponseNormalization
 
     s = int(cfg["image_size"])
@@ -258,7 +258,7 @@ def build_branch(cfg: Dict[str, Any]) -> keras.Model:
 
 
 class DDMTLModel(LossModel):
-    """Training model (``models.training.LossModel``): the shared branch ``net``
+    """Training model (``models.loss_model.LossModel``): the shared branch ``net``
     plus the in-batch pair forming of :func:`form_pairs` and the loss of
     :func:`ddmtl_loss`. Save/restore with ``save_weights``/``load_weights``
     (the memory bank, when used, is part of the weights)."""

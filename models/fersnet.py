@@ -185,7 +185,7 @@ import tensorflow as tf
 from components import contract
 from models.base import Method
 from models.layers.convflu import ConvFLUTransfer
-from models.training import LabelSetMask, masked_mean, replica_scaled
+from models.loss_model import LabelSetMask, masked_mean, replica_scaled
 
 log = logging.getLogger(__name__)
 

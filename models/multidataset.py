@@ -24,7 +24,7 @@ Weighted-sum integration of the component scores::
 ``a = log(lambdas)`` is fixed (``lambdas`` renormalised to sum to 1). ``C_{j,i}``
 is taken as component ``j``'s pre-softmax score for emotion ``i``; the
 probabilities are ``softmax(S)`` over the label set seen in training
-(``models.training.LabelSetMask``). The exported ``embedding`` is
+(``models.loss_model.LabelSetMask``). The exported ``embedding`` is
 ``sum_j lambda_j f_j`` (same lambda).
 
 Loss of a subset ``D`` of samples for scores ``z`` and features ``f``::
@@ -87,7 +87,7 @@ Interpretation choices:
 * The centre/MD terms of a dataset subset are computed on that subset, so the
   centres may be updated once per (component, dataset) per step.
 
-Saving: like every ``models.training.LossModel``, the training model
+Saving: like every ``models.loss_model.LossModel``, the training model
 round-trips through ``save_weights``/``load_weights`` (centres, lambda and the
 stage included; ``load_weights`` also switches to the saved stage); the
 inference model is a plain functional model that round-trips as ``.keras``
@@ -108,7 +108,7 @@ from components import contract
 from models.base import Method
 from models import backbones
 from models.ddmtl import optimizer_from_cfg
-from models.training import LabelSetMask, LossModel
+from models.loss_model import LabelSetMask, LossModel
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 STAGES = ("pretrain", "finetune", "integrate")
@@ -232,7 +232,7 @@ def _only(emotion, member):
 
 
 class MultiDatasetModel(LossModel):
-    """Training model (``models.training.LossModel``): the integrated network
+    """Training model (``models.loss_model.LossModel``): the integrated network
     ``net``, one :class:`models.losses.CenterLoss` per component, the ``stage``
     variable and the staged loss (module docstring). Save/restore with
     ``save_weights``/``load_weights`` (centres and stage are part of the weights)."""

@@ -21,6 +21,7 @@ key                shape / dtype     meaning
 ``subject_id``     [B] int64         hash of the subject string, -1 unknown
 ``sequence_id``    [B] int64         hash of (subject, sequence), -1 when the
                                      sequence is unknown
+``fold``           [B] int64         the example's k-fold (FaceIngestion), -1 none
 =================  ================  ===========================================
 """
 
@@ -90,4 +91,6 @@ def to_model_inputs(parsed: Dict[str, tf.Tensor], image_size: int,
     subject = tf.reshape(parsed["subject"], [-1])
     out["subject_id"] = subject_id(subject)
     out["sequence_id"] = sequence_id(subject, tf.reshape(parsed["sequence"], [-1]))
+    if "fold" in parsed:
+        out["fold"] = tf.cast(tf.reshape(parsed["fold"], [-1]), tf.int64)
     return out

@@ -32,7 +32,7 @@ and emotions for AU-only images.
 Inference outputs:
 
 * ``probabilities`` ``[B, 8]``: the 8 emotion sigmoid scores, restricted to the
-  emotions some training dataset labels (:class:`models.training.LabelSetMask`)
+  emotions some training dataset labels (:class:`models.loss_model.LabelSetMask`)
   and renormalised to sum to 1 (``s_c / sum_k s_k``) so they compare with the
   softmax of the other methods; argmax is unchanged by the renormalisation.
   The raw sigmoid scores are independent per emotion.
@@ -92,7 +92,8 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.losses import selective_sigmoid_cross_entropy
-from models.training import LabelSetMask, LossModel, masked_mean, random_pad_crop
+from models.augment import random_pad_crop
+from models.loss_model import LabelSetMask, LossModel, masked_mean
 
 NUM_BASE_OUTPUTS = contract.NUM_EMOTIONS + contract.NUM_AUS  # 25
 BASIC6: tuple = contract.EMOTIONS[:6]

@@ -79,7 +79,7 @@ Interpretation choices (the papers leave these open):
   would start with an l1 error several times the face's size).
 * **Label space at inference**: the training step ORs the ``emotion_mask`` of
   every emotion-labelled sample into the saved ``label_set`` of a
-  :class:`models.training.LabelSetMask`; ``probabilities`` is the softmax over
+  :class:`models.loss_model.LabelSetMask`; ``probabilities`` is the softmax over
   that set (all 8 emotions before any training), so logits never trained
   (e.g. ``contempt`` with 7-class data) get probability 0.
 * Optimiser: SGD with momentum 0.9, constant lr 0.01 (paper preset);
@@ -111,7 +111,8 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.layers import DANNLambdaSchedule, GradientReversal, TraceNormRegularizer
-from models.training import LabelSetMask, LossModel, lr_schedule_callbacks
+from models.loss_model import LabelSetMask, LossModel
+from models.training import lr_schedule_callbacks
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 NUM_LANDMARK_COORDS = 2 * contract.NUM_LANDMARKS
@@ -186,7 +187,7 @@ def build_network(cfg: Dict[str, Any]) -> keras.Model:
     """Functional ``image -> dict``: both task ResNet-34s, heads and domain branch.
 
     Outputs: ``emotion_logits`` [B, 8], ``probabilities`` [B, 8] (softmax over
-    the label set seen in training, :class:`models.training.LabelSetMask`),
+    the label set seen in training, :class:`models.loss_model.LabelSetMask`),
     ``landmarks`` [B, 136], ``emotion_features`` / ``landmarks_features``
     [B, 8w] and, with >= 2 datasets in ``cfg["datasets"]``,
     ``emotion_domain_logits`` / ``landmarks_domain_logits`` [B, D].

@@ -7,7 +7,8 @@ train, what a model must reach to be blessed, and where it is pushed.
     pipeline_root: runs/demo            # relative paths resolve against this file's folder
     data: demo_data.yaml                # a data spec (see docs/ingestion.md) or the spec inline
     method: {name: baseline, preset: small, overrides: {}}
-    train: {epochs: 3, batch_size: 64, train_steps: null, eval_steps: null}
+    train: {epochs: 3, batch_size: null, seed: 0, deterministic: false, resume: true,
+            train_steps: null, eval_steps: null}   # batch_size null: the method preset's
     evaluation: {min_accuracy: 0.3, max_accuracy_drop: 0.05}
     serving_dir: runs/demo/serving      # Pusher writes <serving_dir>/<model_name>/<version>/
     model_name: fer
@@ -25,18 +26,23 @@ import yaml
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
+# FnApiRunner: Beam 2.74's DirectRunner would first try to download its Prism binary.
+DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+                     "--direct_num_workers=1"]
+
 _DEFAULTS: Dict[str, Any] = {
     "name": "fermtl",
     "pipeline_root": "runs/fermtl",
     "data": None,
     "method": {"name": "baseline", "preset": "small", "overrides": {}},
-    "train": {"epochs": 3, "batch_size": 64, "train_steps": None, "eval_steps": None},
+    # batch_size None: the method preset's. resume: an interrupted Trainer continues
+    # from its last epoch (Keras BackupAndRestore under pipeline_root/TrainerBackup).
+    "train": {"epochs": 3, "batch_size": None, "seed": 0, "deterministic": False,
+              "resume": True, "train_steps": None, "eval_steps": None},
     "evaluation": {"min_accuracy": 0.3, "max_accuracy_drop": 0.05},
     "serving_dir": None,
     "model_name": "fer",
-    # FnApiRunner: Beam 2.74's DirectRunner would first try to download its Prism binary.
-    "beam_args": ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
-                  "--direct_num_workers=1"],
+    "beam_args": DEFAULT_BEAM_ARGS,
 }
 
 

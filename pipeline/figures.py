@@ -3,7 +3,8 @@
 Every function takes arrays (or a trained model where the figure needs one),
 writes one PNG and returns its path:
 
-* :func:`confusion_matrix_plot` — row-normalised confusion matrix;
+* :func:`confusion_matrix_plot` / :func:`confusion_matrix_figure` — row-normalised
+  confusion matrix (``models.metrics.confusion_matrix``);
 * :func:`tsne_plot` — t-SNE of learned features coloured by emotion (DDMTL Fig 5);
 * :func:`trace_norm_rates_plot` — trace-norm decrease rate per layer (Hu Fig 3b);
 * :func:`convflu_gate_plot` — ConvFLU leaky-gate maps per block (FERSNet Fig 3);
@@ -17,17 +18,17 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+import matplotlib
 import numpy as np
 
 from components import contract
+from models import metrics
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -47,19 +48,19 @@ def _present_classes(*label_arrays) -> list:
 
 
 def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix") -> str:
-    """Confusion matrix over the emotions present in ``y_true``/``y_pred``, rows
-    normalised to recall (cell text: recall and count)."""
-    y_true = np.asarray(y_true, np.int64)
-    y_pred = np.asarray(y_pred, np.int64)
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} labels vs {len(y_pred)} predictions")
-    keep = y_true >= 0                                   # unlabelled faces are not counted
-    y_true, y_pred = y_true[keep], y_pred[keep]
-    classes = _present_classes(y_true, y_pred)
-    index = {c: i for i, c in enumerate(classes)}
-    cm = np.zeros((len(classes), len(classes)), np.int64)
-    for t, p in zip(y_true, y_pred):
-        cm[index[t], index[p]] += 1
+    """:func:`confusion_matrix_figure` of ``models.metrics.confusion_matrix``
+    (unlabelled faces, ``y_true < 0``, are not counted)."""
+    return confusion_matrix_figure(metrics.confusion_matrix(y_true, y_pred), path, title)
+
+
+def confusion_matrix_figure(cm, path, title: str = "Confusion matrix") -> str:
+    """Confusion matrix counts ``[8, 8]`` (rows = truth) over the emotions that
+    occur, rows normalised to recall (cell text: recall and count)."""
+    cm = np.asarray(cm)
+    classes = [c for c in range(len(cm)) if cm[c].sum() or cm[:, c].sum()]
+    if not classes:
+        raise ValueError("no labelled sample to plot")
+    cm = cm[np.ix_(classes, classes)]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     plt = _plt()
     n = len(classes)
@@ -70,12 +71,12 @@ def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix")
     ax.set_yticks(range(n), names)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center",
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]:.0f}", ha="center", va="center",
                     fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"{title}\naccuracy {acc:.1%} on {cm.sum()} faces", fontsize=9)
+    ax.set_title(f"{title}\naccuracy {acc:.1%} on {cm.sum():.0f} faces", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -139,21 +140,20 @@ def au_per_emotion_plot(aus, predicted_emotion, path,
     return _save(fig, path)
 
 
-def example_faces(samples: Sequence[contract.FaceSample], size: int,
-                  per_class: int = 1, max_faces: int = 6) -> np.ndarray:
-    """Model-input images ``[N, size, size, 1]``: ``per_class`` labelled faces
-    of each emotion present, in emotion order, at most ``max_faces``."""
-    from models import inputs
-
+def example_faces(images, emotions, per_class: int = 1, max_faces: int = 6) -> np.ndarray:
+    """``per_class`` labelled faces of each emotion present among model-input
+    ``images`` ``[N, S, S, 1]`` (``emotions`` ``[N]``), in emotion order, at
+    most ``max_faces``."""
+    emotions = np.asarray(emotions).reshape(-1)
     chosen, seen = [], {}
-    for s in samples:
-        if s.emotion >= 0 and seen.get(s.emotion, 0) < per_class:
-            seen[s.emotion] = seen.get(s.emotion, 0) + 1
-            chosen.append(s)
-    chosen = sorted(chosen, key=lambda s: s.emotion)[:max_faces]
+    for i, e in enumerate(emotions):
+        if e >= 0 and seen.get(int(e), 0) < per_class:
+            seen[int(e)] = seen.get(int(e), 0) + 1
+            chosen.append(i)
+    chosen = sorted(chosen, key=lambda i: emotions[i])[:max_faces]
     if not chosen:
         raise ValueError("no labelled face to show")
-    return np.asarray(next(iter(inputs.dataset_from_samples(chosen, size, len(chosen))))["image"])
+    return np.asarray(images)[chosen]
 
 
 def image_grid(faces, columns: Sequence[tuple], path, title: str, cell: float = 1.25) -> str:
@@ -235,5 +235,5 @@ def accuracy_bars(summary: Sequence[Mapping[str, Any]], path,
     return _save(fig, path)
 
 
-__all__ = ["confusion_matrix_plot", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
+__all__ = ["confusion_matrix_plot", "confusion_matrix_figure", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
            "example_faces", "convflu_gate_plot", "synthesis_grid_plot", "accuracy_bars"]

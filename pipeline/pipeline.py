@@ -7,6 +7,8 @@ schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer (any method)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +19,7 @@ from components import contract
 from components.anomaly_gate import AnomalyGate
 from components.ingestion import FaceIngestion
 from components.ingestion.spec import DataSpec
+from models.registry import get_method
 from pipeline import schema as contract_schema
 from pipeline.config import RunConfig
 
@@ -26,19 +29,32 @@ TRAINER_FN = "models.trainer_module.run_fn"
 SLICES = ([], ["emotion"], ["dataset"], ["domain"])
 
 
-def method_config(config: RunConfig, data_spec: DataSpec) -> Dict[str, Any]:
-    """The resolved method config (preset + overrides) plus the run's datasets."""
-    from models.registry import get_method
-
+def method_config(config: RunConfig) -> Dict[str, Any]:
+    """The resolved method config (preset + overrides); the Trainer adds the
+    run's datasets from Transform's vocabulary."""
     m = config.method
-    cfg = get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
-    cfg["datasets"] = list(data_spec.dataset_names())
-    return cfg
+    return get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
+
+
+def train_config(config: RunConfig, cfg: Dict[str, Any], spec: DataSpec) -> Dict[str, Any]:
+    """The Trainer's ``train`` custom config: the run's ``train`` section, the
+    batch size defaulting to the method's, and with ``resume`` a backup
+    directory named after everything that decides the fit (data spec, method
+    config, train settings), so that a rerun of an interrupted Trainer continues
+    and a changed run starts afresh."""
+    train = {k: config.train[k] for k in ("epochs", "batch_size", "seed", "deterministic")}
+    train["batch_size"] = int(train["batch_size"] or cfg.get("batch_size", 32))
+    if config.train.get("resume"):
+        key = json.dumps([spec.to_json(), cfg, train, config.train.get("train_steps")],
+                         sort_keys=True, default=str)
+        train["backup_dir"] = os.path.join(config.pipeline_root, "TrainerBackup",
+                                           hashlib.sha256(key.encode()).hexdigest()[:16])
+    return train
 
 
 def eval_config(config: RunConfig) -> tfma.EvalConfig:
     """TFMA config: overall accuracy with value + change thresholds (the blessing),
-    per-class precision / recall / AUC, confusion matrix, on every slice."""
+    per-class argmax precision / recall and AUC, confusion matrix, on every slice."""
     ev = config.evaluation
     accuracy_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": ev["min_accuracy"]}),
@@ -63,22 +79,20 @@ def eval_config(config: RunConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 binarize=tfma.BinarizationOptions(class_ids={"values": list(range(
                     contract.NUM_EMOTIONS))}),
-                # One-vs-rest at probability 0.5; the report adds argmax-based
-                # per-class precision / recall from the confusion matrix.
-                metrics=[tfma.MetricConfig(class_name="Precision"),
-                         tfma.MetricConfig(class_name="Recall"),
+                # Per class, the class counts as predicted when it is the argmax (top 1).
+                metrics=[tfma.MetricConfig(class_name="Precision",
+                                           config='{"top_k": 1, "name": "precision_argmax"}'),
+                         tfma.MetricConfig(class_name="Recall",
+                                           config='{"top_k": 1, "name": "recall_argmax"}'),
                          tfma.MetricConfig(class_name="AUC")]),
         ])
 
 
-def create_pipeline(config: RunConfig, enable_cache: bool = True,
-                    schema_path: Optional[str] = None,
-                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
-    """All components of a run, wired. ``local_metadata=False`` leaves MLMD to
-    the orchestrator (Kubeflow)."""
-    spec = DataSpec.from_dict(config.data, config.data_base_dir)
-    cfg = method_config(config, spec)
-
+def data_components(spec: DataSpec, image_size: int,
+                    schema_path: Optional[str] = None) -> List:
+    """FaceIngestion -> StatisticsGen, ImportSchemaGen -> ExampleValidator ->
+    AnomalyGate -> Transform (resizing to ``image_size``): the data half of
+    every run, also what ``fermtl benchmark`` prepares its folds with."""
     ingestion = FaceIngestion(data_spec=spec.to_json())
     statistics = tfx.components.StatisticsGen(examples=ingestion.outputs["examples"])
     schema = tfx.components.ImportSchemaGen(
@@ -88,9 +102,33 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
     gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
     transform = tfx.components.Transform(
         examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
-        preprocessing_fn=TRANSFORM_FN,
-        custom_config={"image_size": cfg["image_size"], "datasets": cfg["datasets"]})
+        preprocessing_fn=TRANSFORM_FN, custom_config={"image_size": int(image_size)})
     transform.add_upstream_node(gate)
+    return [ingestion, statistics, schema, validator, gate, transform]
+
+
+def data_pipeline(name: str, root: str, spec: DataSpec, image_size: int,
+                  beam_args: List[str]) -> tfx.dsl.Pipeline:
+    """Only :func:`data_components`, cached in ``root/metadata.sqlite``: a
+    second call with the same spec runs nothing, one with another
+    ``image_size`` runs Transform alone."""
+    return tfx.dsl.Pipeline(
+        pipeline_name=name, pipeline_root=root, components=data_components(spec, image_size),
+        enable_cache=True,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(root, "metadata.sqlite")),
+        beam_pipeline_args=list(beam_args))
+
+
+def create_pipeline(config: RunConfig, enable_cache: bool = True,
+                    schema_path: Optional[str] = None,
+                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
+    """All components of a run, wired. ``local_metadata=False`` leaves MLMD to
+    the orchestrator (Kubeflow)."""
+    spec = DataSpec.from_dict(config.data, config.data_base_dir)
+    cfg = method_config(config)
+    data = data_components(spec, int(cfg["image_size"]), schema_path)
+    ingestion, schema, transform = data[0], data[2], data[-1]
 
     train = config.train
     trainer = tfx.components.Trainer(
@@ -100,8 +138,7 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
         schema=schema.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=int(train["train_steps"] or 0)),
         eval_args=tfx.proto.EvalArgs(num_steps=int(train["eval_steps"] or 0)),
-        custom_config={"method": cfg, "epochs": int(train["epochs"]),
-                       "batch_size": int(train["batch_size"])})
+        custom_config={"method": cfg, "train": train_config(config, cfg, spec)})
 
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -117,8 +154,7 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_dir)))
 
-    components: List = [ingestion, statistics, schema, validator, gate, transform, trainer,
-                        baseline, evaluator, pusher]
+    components: List = data + [trainer, baseline, evaluator, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,

@@ -10,8 +10,10 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import tensorflow_model_analysis as tfma
 
 from components import contract
+from pipeline import figures
 
 
 def _latest(path_glob: str) -> Optional[str]:
@@ -92,10 +94,7 @@ def confusion_matrix(eval_result) -> Optional[np.ndarray]:
 
 
 def plot_per_class_accuracy(rows: List[Dict], path: str) -> Optional[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.plt
     acc = {r["slice"].split("=", 1)[1]: r["value"] for r in rows
            if r["slice"].startswith("emotion=") and r["metric"] == "sparse_categorical_accuracy"}
     if not acc:
@@ -108,33 +107,6 @@ def plot_per_class_accuracy(rows: List[Dict], path: str) -> Optional[str]:
     ax.set_title("Per-class accuracy on the eval split")
     for i, n in enumerate(names):
         ax.text(i, acc[n] + 0.02, f"{acc[n]:.2f}", ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(mat: np.ndarray, path: str, title: str = "Confusion matrix") -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keep = [i for i in range(mat.shape[0]) if mat[i].sum() > 0 or mat[:, i].sum() > 0]
-    m = mat[np.ix_(keep, keep)]
-    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    labels = [contract.EMOTIONS[i] for i in keep]
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(keep)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(keep)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(keep)):
-        for j in range(len(keep)):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -155,24 +127,6 @@ def _table(rows: List[Dict], metrics: Tuple[str, ...]) -> List[str]:
     return lines
 
 
-def argmax_class_rows(mat: np.ndarray) -> List[Dict]:
-    """Argmax-based per-class precision and recall (overall) from the confusion
-    matrix; recall of a class equals the accuracy on its ``emotion=`` slice."""
-    rows = []
-    for c, name in enumerate(contract.EMOTIONS):
-        support, predicted = mat[c].sum(), mat[:, c].sum()
-        if support == 0 and predicted == 0:
-            continue
-        rows.append({"slice": "overall", "class": name, "metric": "support", "value": support})
-        if predicted:
-            rows.append({"slice": "overall", "class": name, "metric": "precision_argmax",
-                         "value": mat[c, c] / predicted})
-        if support:
-            rows.append({"slice": "overall", "class": name, "metric": "recall_argmax",
-                         "value": mat[c, c] / support})
-    return rows
-
-
 def _class_table(rows: List[Dict]) -> List[str]:
     per: Dict[str, Dict[str, float]] = {}
     for r in rows:
@@ -180,8 +134,8 @@ def _class_table(rows: List[Dict]) -> List[str]:
             per.setdefault(r["class"], {})[r["metric"]] = r["value"]
     if not per:
         return []
-    metrics = [m for m in ("support", "precision_argmax", "recall_argmax", "auc",
-                           "precision", "recall") if any(m in v for v in per.values())]
+    metrics = [m for m in ("precision_argmax", "recall_argmax", "auc")
+               if any(m in v for v in per.values())]
     lines = ["| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for cls in contract.EMOTIONS:
         if cls in per:
@@ -193,8 +147,6 @@ def _class_table(rows: List[Dict]) -> List[str]:
 
 def write_report(root: str, out_dir: Optional[str] = None) -> str:
     """Write ``report.md`` + PNGs for the run under pipeline root ``root``; returns the path."""
-    import tensorflow_model_analysis as tfma
-
     found = find_run_artifacts(root)
     if not found["evaluation"]:
         raise FileNotFoundError(f"no Evaluator output under {root}: has the pipeline run?")
@@ -203,8 +155,6 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     result = tfma.load_eval_result(found["evaluation"])
     rows = metric_rows(result)
     mat = confusion_matrix(result)
-    if mat is not None:
-        rows += argmax_class_rows(mat)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(rows, f, indent=1)
 
@@ -233,14 +183,14 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     cls_lines = _class_table(rows)
     if cls_lines:
         lines += ["", "## Per-class metrics (overall)", "",
-                  "`*_argmax`: the class is predicted when it is the argmax (from the "
-                  "confusion matrix); `precision` / `recall`: TFMA one-vs-rest at "
-                  "probability 0.5; `auc`: TFMA one-vs-rest ROC AUC.", ""] + cls_lines
+                  "TFMA per class: `*_argmax` counts the class as predicted when it is "
+                  "the argmax (top-1); `auc`: one-vs-rest ROC AUC.", ""] + cls_lines
     bar = plot_per_class_accuracy(rows, os.path.join(out_dir, "per_class_accuracy.png"))
     if bar:
         lines += ["", "![per-class accuracy](per_class_accuracy.png)"]
     if mat is not None and mat.sum() > 0:
-        plot_confusion(mat, os.path.join(out_dir, "confusion_matrix.png"))
+        figures.confusion_matrix_figure(mat, os.path.join(out_dir, "confusion_matrix.png"),
+                                        title="Confusion matrix (eval split)")
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:

@@ -53,6 +53,8 @@ def good_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     config = _config(root)
     run_local(config)
+    # Later tests rerun into the same root; keep this first evaluation's accuracy.
+    config.tfma_accuracy = _tfma_overall(root)
     return config
 
 
@@ -187,28 +189,77 @@ def test_trainer_module_runs_fersnet_fes_augmentation(good_run, tmp_path):
 
 def _run_trainer_module(good_run, method_name, overrides, tmp_path):
     """run_fn for ``method_name`` (small preset at 48 px + ``overrides``, 2 steps)
-    on the good run's Transform output; checks the export serves raw images."""
+    on the good run's Transform output, with the DataAccessor TFX builds;
+    checks the export serves raw images."""
     import tensorflow as tf
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from components import synthetic
     from models import trainer_module
     from models.registry import get_method
+    from pipeline import artifacts
 
-    root = good_run.pipeline_root
-    transformed = glob.glob(os.path.join(root, "Transform", "transformed_examples", "*"))[0]
-    graph = glob.glob(os.path.join(root, "Transform", "transform_graph", "*"))[0]
+    transform = artifacts.latest_outputs(good_run.metadata_path, "Transform")
+    examples = transform["transformed_examples"]
     cfg = get_method(method_name).config("small", image_size=48, **overrides)
-    cfg["datasets"] = ["synth_lab", "synth_wild"]
     serving_dir = str(tmp_path / "serving")
     trainer_module.run_fn(FnArgs(
-        train_files=[os.path.join(transformed, "Split-train", "*")],
-        eval_files=[os.path.join(transformed, "Split-eval", "*")],
-        train_steps=2, eval_steps=1, transform_output=graph,
+        train_files=artifacts.split_pattern(examples, "train"),
+        eval_files=artifacts.split_pattern(examples, "eval"),
+        data_accessor=artifacts.data_accessor(examples),
+        train_steps=2, eval_steps=1, transform_output=transform["transform_graph"][0].uri,
         serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
-        custom_config={"method": cfg, "epochs": 1, "batch_size": 16}))
+        custom_config={"method": cfg, "train": {"epochs": 1, "batch_size": 16}}))
     loaded = tf.saved_model.load(serving_dir)
     images = [s.image for s in synthetic.generate(n_subjects=1, samples_per_emotion=1,
                                                   domains=("wild",), size=64, seed=5)][:3]
     out = loaded.signatures["serving_default"](images=tf.constant(images))
     assert out["probabilities"].shape == (3, 8)
+
+
+def _tfma_overall(root, metric="sparse_categorical_accuracy"):
+    import tensorflow_model_analysis as tfma
+
+    from pipeline.report import find_run_artifacts, metric_rows
+
+    rows = metric_rows(tfma.load_eval_result(find_run_artifacts(root)["evaluation"]))
+    (value,) = [r["value"] for r in rows
+                if r["slice"] == "overall" and r["metric"] == metric and not r["class"]]
+    return value
+
+
+def test_core_accuracy_equals_the_evaluators_tfma_accuracy(good_run):
+    """``models.metrics.emotion_metrics`` on the pushed model's answers for the
+    Evaluator's examples (the eval split, through ``serving_examples``) gives
+    TFMA's ``SparseCategoricalAccuracy``."""
+    import tensorflow as tf
+
+    from models import metrics
+
+    root = good_run.pipeline_root
+    (version,) = glob.glob(os.path.join(good_run.push_dir, "*"))
+    serve = tf.saved_model.load(version).signatures["serving_examples"]
+    files = glob.glob(os.path.join(root, "FaceIngestion", "examples", "*", "Split-eval", "*"))
+    y, prob = [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64):
+        parsed = tf.io.parse_example(batch, {"emotion": tf.io.FixedLenFeature([], tf.int64)})
+        y.append(parsed["emotion"].numpy())
+        prob.append(serve(examples=batch)["probabilities"].numpy())
+    ours = metrics.emotion_metrics(np.concatenate(y), np.concatenate(prob))["accuracy"]
+    assert ours == pytest.approx(good_run.tfma_accuracy, abs=1e-6)
+
+
+def test_benchmark_and_run_give_the_same_accuracy(good_run, tmp_path):
+    """The same data, seed, batch and epochs through `fermtl benchmark`
+    (holdout) and `fermtl run` (TFMA's accuracy) agree within 0.5 points: both
+    fit with the training core on the same Transform output."""
+    from benchmarks.protocols import run_benchmark
+
+    result = run_benchmark(
+        TINY_DATA, str(tmp_path / "bench"), methods="baseline", protocol="holdout",
+        method_settings={"baseline": {"preset": "small", "overrides": {"batch_size": 32},
+                                      "epochs": good_run.train["epochs"]}},
+        seed=good_run.train["seed"], figures_on=False)
+    (row,) = result["rows"]
+    assert row["train_images"] > 0 and row["test_images"] > 0
+    assert row["accuracy"] == pytest.approx(good_run.tfma_accuracy, abs=0.005)

@@ -70,7 +70,7 @@ def _names(text: str):
 
 
 def cmd_benchmark(args) -> int:
-    from pipeline.benchmark import BenchmarkError, load_settings, run_benchmark
+    from benchmarks.protocols import BenchmarkError, load_settings, run_benchmark
 
     try:
         settings = load_settings(args.settings) if args.settings else {}
@@ -88,7 +88,7 @@ def cmd_benchmark(args) -> int:
             test_datasets=_names(args.test_datasets),
             method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
-            figures=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
+            figures_on=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
             redo_figures=args.redo_figures)
     except BenchmarkError as exc:
         raise SystemExit(f"benchmark: {exc}")

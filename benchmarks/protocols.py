@@ -1,0 +1,477 @@
+"""`fermtl benchmark`: every method under one evaluation protocol, one table.
+
+Steps (:func:`run_benchmark`):
+
+1. **Data, once per data spec.** The pipeline's own data components
+   (``pipeline.pipeline.data_pipeline``: FaceIngestion -> statistics, schema,
+   validation -> Transform) run into ``OUT/data``, cached by ML Metadata: a
+   later call with the same spec runs nothing, a method with another input
+   size runs Transform alone. With ``kfold`` the spec gets ``split.kfold.k``,
+   so FaceIngestion writes every example's fold (subject-disjoint, stratified
+   by emotion); folds are filters on that one Transform output, never a
+   re-ingestion.
+2. **Folds** (:func:`make_folds`) — the protocol decides train/test:
+
+   * ``holdout``: the spec's own split (train -> eval), e.g. FER2013
+     Training -> PublicTest;
+   * ``kfold``: fold ``i`` tests the examples whose ``fold`` is ``i`` and
+     trains on the rest;
+   * ``cross``: train on the datasets ``train_datasets``, test on
+     ``test_datasets``.
+
+3. **Runs.** Each (method, fold) is fitted by the training core
+   (``models.training.fit``, as the TFX Trainer does) into
+   ``OUT/runs/<method>/<fold>/``, resumable (Keras ``BackupAndRestore``; a
+   finished run's ``result.json`` is reused). ``minutes`` sets a per-run CPU
+   budget: a short calibration measures the method's training images/s and
+   the epoch count is chosen to fit, so learning-rate schedules complete; a
+   wall-clock guard stops a run that overshoots by a quarter. The score is
+   ``models.training.evaluate`` (the accuracy the Evaluator's TFMA reports).
+4. **Outputs.** Per run: ``result.json``, ``predictions.npz`` and figures
+   (``benchmarks/run_figures.py``). Per benchmark: ``results.md`` /
+   ``results.csv`` (``benchmarks/tables.py``), accuracy bars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from components.ingestion import DataSpec
+from components.ingestion import executor as ingestion_executor
+from models import inputs, training
+from models.registry import get_method
+from models.trainer_module import dataset_vocabulary
+from pipeline import artifacts, figures
+from pipeline.config import DEFAULT_BEAM_ARGS
+from pipeline.pipeline import data_pipeline
+from benchmarks import run_figures
+from benchmarks.tables import (ALL_METHODS, BenchmarkError, git_commit, hardware,  # noqa: F401
+                               load_settings, resolve_methods, summarize, write_table)
+
+log = logging.getLogger("fermtl.benchmark")
+
+PROTOCOLS = ("holdout", "kfold", "cross")
+#: Features kept per run for the t-SNE plot.
+MAX_FEATURES = 2000
+
+
+# --------------------------------------------------------------------------- #
+# data, once per spec
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass
+class PreparedData:
+    """Transform's output for one input size, read as the Trainer reads it."""
+
+    image_size: int
+    tft_output: tft.TFTransformOutput
+    accessor: Any
+    files: Dict[str, List[str]]          # split -> file patterns
+    datasets: List[str]                  # Transform's dataset vocabulary
+    counts: Dict[str, Any]               # FaceIngestion's counts (quarantine included)
+
+    def examples(self, splits: Sequence[str] = ("train", "eval"),
+                 keep: Optional[Callable] = None) -> tf.data.Dataset:
+        patterns = [p for s in splits for p in self.files[s]]
+        return inputs.transformed_source(patterns, self.tft_output, self.accessor, keep)
+
+
+def benchmark_spec(spec: DataSpec, protocol: str, k: int) -> DataSpec:
+    """The spec the benchmark ingests: with ``kfold``, ``split.kfold`` = ``{k}``
+    (every example gets its fold; the train/eval split is left as it is)."""
+    raw = json.loads(spec.to_json())
+    if protocol == "kfold":
+        raw["split"]["kfold"] = {"k": int(k)}
+    return DataSpec.from_dict(raw)
+
+
+def prepare_data(spec: DataSpec, data_dir: str, image_size: int,
+                 beam_args: Optional[Sequence[str]] = None) -> PreparedData:
+    """Run (or reuse) the data pipeline for ``spec`` at ``image_size``."""
+    os.makedirs(data_dir, exist_ok=True)
+    beam_args = list(beam_args or DEFAULT_BEAM_ARGS)
+    tfx.orchestration.LocalDagRunner().run(
+        data_pipeline("fermtl-benchmark-data", data_dir, spec, image_size, beam_args))
+    metadata = os.path.join(data_dir, "metadata.sqlite")
+    transform = artifacts.latest_outputs(metadata, "Transform")
+    ingestion = artifacts.latest_outputs(metadata, "FaceIngestion")
+    examples = transform["transformed_examples"]
+    tft_output = tft.TFTransformOutput(transform["transform_graph"][0].uri)
+    counts = ingestion_executor.summarize(spec, ingestion["quarantine"][0].uri)
+    return PreparedData(
+        image_size=int(image_size), tft_output=tft_output,
+        accessor=artifacts.data_accessor(examples),
+        files={s: artifacts.split_pattern(examples, s) for s in ("train", "eval")},
+        datasets=dataset_vocabulary(tft_output), counts=counts)
+
+
+# --------------------------------------------------------------------------- #
+# folds
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass
+class Fold:
+    """A train/test pair of example selections on :class:`PreparedData`."""
+
+    name: str
+    train_splits: Sequence[str]
+    test_splits: Sequence[str]
+    train_keep: Optional[Callable] = None
+    test_keep: Optional[Callable] = None
+    sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def train(self, data: PreparedData) -> tf.data.Dataset:
+        return data.examples(self.train_splits, self.train_keep)
+
+    def test(self, data: PreparedData) -> tf.data.Dataset:
+        return data.examples(self.test_splits, self.test_keep)
+
+    def describe(self) -> str:
+        s = self.sizes
+        return (f"{self.name}: train {s.get('train', '?')} ({s.get('train_subjects', '?')} "
+                f"subjects), test {s.get('test', '?')} ({s.get('test_subjects', '?')} subjects)")
+
+
+def _sizes(examples: tf.data.Dataset) -> Dict[str, int]:
+    """Examples, distinct subjects (unknown subjects count one each) and
+    emotion-labelled examples of a selection."""
+    subjects, n, labelled = set(), 0, 0
+    for b in examples.map(lambda e: {k: e[k] for k in ("subject_id", "emotion")}).batch(4096):
+        sid = b["subject_id"].numpy()
+        n += len(sid)
+        labelled += int((b["emotion"].numpy() >= 0).sum())
+        subjects.update(int(x) for x in sid if x >= 0)
+        subjects.update(("unknown", n - i) for i, x in enumerate(sid) if x < 0)
+    return {"n": n, "subjects": len(subjects), "labelled": labelled}
+
+
+def _is_in(key: str, values: Sequence[int]):
+    ids = tf.constant(list(values), tf.int64)
+    return lambda e: tf.reduce_any(tf.equal(tf.cast(e[key], tf.int64), ids))
+
+
+def make_folds(data: PreparedData, protocol: str, k: int = 10,
+               train_datasets: Sequence[str] = (),
+               test_datasets: Sequence[str] = ()) -> List[Fold]:
+    """The folds of ``protocol`` on prepared data (see the module docstring).
+
+    Raises :class:`BenchmarkError` when a fold would be empty or a named
+    dataset is absent.
+    """
+    both = ("train", "eval")
+    if protocol not in PROTOCOLS:
+        raise BenchmarkError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    if protocol == "holdout":
+        folds = [Fold("holdout", ("train",), ("eval",))]
+    elif protocol == "kfold":
+        if int(k) < 2:
+            raise BenchmarkError(f"kfold needs k >= 2, got {k}")
+        folds = [Fold(f"fold{i}", both, both,
+                      train_keep=(lambda e, i=i: tf.not_equal(e["fold"], i)),
+                      test_keep=(lambda e, i=i: tf.equal(e["fold"], i))) for i in range(int(k))]
+    else:
+        present = data.datasets
+        if not train_datasets or not test_datasets:
+            raise BenchmarkError("cross needs train_datasets and test_datasets "
+                                 f"(datasets in the data: {sorted(present)})")
+        missing = sorted((set(train_datasets) | set(test_datasets)) - set(present))
+        if missing:
+            raise BenchmarkError(f"cross: datasets {missing} are not in the data "
+                                 f"{sorted(present)}")
+        shared = sorted(set(train_datasets) & set(test_datasets))
+        if shared:
+            raise BenchmarkError(f"cross: {shared} is both a train and a test dataset")
+        folds = [Fold(f"{'+'.join(train_datasets)}-to-{'+'.join(test_datasets)}", both, both,
+                      train_keep=_is_in("dataset_id", [present.index(d) for d in train_datasets]),
+                      test_keep=_is_in("dataset_id", [present.index(d) for d in test_datasets]))]
+    for fold in folds:
+        tr, te = _sizes(fold.train(data)), _sizes(fold.test(data))
+        fold.sizes = {"train": tr["n"], "train_subjects": tr["subjects"], "test": te["n"],
+                      "test_subjects": te["subjects"], "test_labelled": te["labelled"]}
+        if not tr["n"] or not te["n"]:
+            raise BenchmarkError(
+                f"{protocol}: {fold.name} has an empty {'train' if not tr['n'] else 'test'} side"
+                + (" - use fewer folds or add subjects" if protocol == "kfold" else ""))
+    if not any(f.sizes["test_labelled"] for f in folds):
+        raise BenchmarkError(f"{protocol}: no fold has an emotion-labelled test example")
+    return folds
+
+
+# --------------------------------------------------------------------------- #
+# one run
+# --------------------------------------------------------------------------- #
+def calibrate_epochs(method_name: str, cfg: Dict[str, Any], train: tf.data.Dataset,
+                     n_train: int, minutes: float, seed: int = 0, steps: int = 12,
+                     max_epochs: Optional[int] = None) -> Dict[str, Any]:
+    """Epochs that fit ``minutes`` of training: a throwaway model trains
+    ``steps`` steps with the core, images/s is measured after the first
+    (compiling) step."""
+    batch = int(cfg.get("batch_size", 32))
+    clock = training.TimeBudget(1e9, batch)
+    training.fit(method_name, dict(cfg), train.take(batch * steps * 2),
+                 plan=training.Plan(epochs=1, steps_per_epoch=steps, seed=seed,
+                                    callbacks=[clock], post_fit=False))
+    ips = clock.images_per_second
+    epochs = max(1, int(minutes * 60.0 * ips / max(n_train, 1)))
+    if max_epochs:
+        epochs = min(epochs, int(max_epochs))
+    return {"images_per_second": ips, "epochs": epochs}
+
+
+class _Clock(keras.callbacks.Callback):
+    """Cumulative training seconds of a run across resumes (``clock.json``)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.before = 0.0
+        if os.path.exists(path):
+            with open(path) as f:
+                self.before = float(json.load(f)["seconds"])
+        self.t0 = None
+
+    def on_train_begin(self, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    def save(self) -> float:
+        total = self.before + (time.perf_counter() - self.t0 if self.t0 else 0.0)
+        with open(self.path, "w") as f:
+            json.dump({"seconds": total}, f)
+        return total
+
+
+def _features(outputs: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+    for key in ("embedding", "features", "logits"):
+        if key in outputs:
+            return outputs[key].reshape(len(outputs[key]), -1)
+    return None
+
+
+def collect_predictions(method, model, cfg, examples: tf.data.Dataset,
+                        max_features: int = MAX_FEATURES, seed: int = 0,
+                        max_faces: int = 64) -> Dict[str, np.ndarray]:
+    """Arrays of the inference model over labelled examples for figures:
+    ``emotion`` (truth), ``probabilities``, ``aus`` (when predicted),
+    ``dataset_id``, ``features`` (embedding, else logits) of at most
+    ``max_features`` rows drawn at random (``feature_index``: their rows), so a
+    test set stored class by class still shows every class, and the first
+    ``max_faces`` images (``faces``)."""
+    cols: Dict[str, List[np.ndarray]] = {}
+    batches = list(training.predict(method, model, cfg, examples))
+    n = sum(len(b["emotion"]) for b, _ in batches)
+    picked = np.zeros(n, bool)
+    picked[np.random.default_rng(seed).permutation(n)[:max_features]] = True
+    start = 0
+    for batch, out in batches:
+        rows = np.arange(start, start + len(batch["emotion"]))
+        start = rows[-1] + 1
+        cols.setdefault("emotion", []).append(batch["emotion"])
+        cols.setdefault("dataset_id", []).append(batch["dataset_id"])
+        cols.setdefault("probabilities", []).append(out["probabilities"])
+        if start - len(rows) < max_faces:
+            cols.setdefault("faces", []).append(batch["image"][:max_faces - rows[0]])
+            cols.setdefault("face_emotion", []).append(batch["emotion"][:max_faces - rows[0]])
+        feats = _features(out)
+        if feats is not None:
+            cols.setdefault("features", []).append(feats[picked[rows]])
+            cols.setdefault("feature_index", []).append(rows[picked[rows]])
+        if "aus" in out:
+            cols.setdefault("aus", []).append(out["aus"])
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
+            preset: str = "small", overrides: Optional[Mapping[str, Any]] = None,
+            epochs: Optional[int] = None, minutes: Optional[float] = None, seed: int = 0,
+            figures_on: bool = True, provenance: Optional[Mapping[str, str]] = None,
+            redo_figures: bool = False) -> Dict[str, Any]:
+    """Fit, evaluate and plot one method on one fold; returns its result row.
+
+    ``epochs``: the epoch count (default: the preset's, or calibrated from
+    ``minutes`` when given). Reuses ``run_dir/result.json`` when present
+    (``redo_figures``: then rebuilds the model from its weights and redraws the
+    figures); resumes from ``run_dir/checkpoints`` otherwise.
+    """
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            log.info("%s/%s: finished earlier, reusing %s", method_name, fold.name, result_path)
+            row = json.load(f)
+        if redo_figures:
+            row = redo_run_figures(row, fold, data, run_dir)
+        return row
+    os.makedirs(run_dir, exist_ok=True)
+    overrides = dict(overrides or {})
+    method = get_method(method_name)
+    cfg = method.config(preset, **overrides)
+    cfg["datasets"] = list(data.datasets)
+    train_examples, test_examples = fold.train(data), fold.test(data)
+    plan_path = os.path.join(run_dir, "plan.json")
+    if os.path.exists(plan_path):
+        with open(plan_path) as f:
+            plan = json.load(f)
+    else:
+        plan = {"epochs": int(epochs or cfg.get("epochs", 10)), "calibrated_images_per_s": None}
+        if minutes and not epochs:
+            cal = calibrate_epochs(method_name, cfg, train_examples, fold.sizes["train"],
+                                   minutes, seed)
+            plan = {"epochs": cal["epochs"], "calibrated_images_per_s": cal["images_per_second"]}
+        plan["minutes"] = minutes
+        with open(plan_path, "w") as f:
+            json.dump(plan, f)
+    log.info("%s/%s (%s): %d epochs%s — %s", method_name, fold.name, preset, plan["epochs"],
+             f" to fit {minutes:g} min" if minutes else "", fold.describe())
+
+    clock = _Clock(os.path.join(run_dir, "clock.json"))
+    callbacks: List[keras.callbacks.Callback] = [clock]
+    budget = None
+    if minutes:
+        budget = training.TimeBudget(max(minutes * 60.0 * 1.25 - clock.before, 1.0),
+                                     int(cfg.get("batch_size", 32)))
+        callbacks.append(budget)
+    fitted = training.fit(method, cfg, train_examples, plan=training.Plan(
+        epochs=plan["epochs"], seed=seed, backup_dir=os.path.join(run_dir, "checkpoints"),
+        callbacks=callbacks, verbose=2))
+    model = fitted.model
+    train_s = clock.save() if fitted.history.history else clock.before
+    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, default=str)
+
+    metrics = training.evaluate(method, model, cfg, test_examples)
+    arrays = collect_predictions(method, model, cfg, test_examples)
+    np.savez_compressed(os.path.join(run_dir, "predictions.npz"), **arrays)
+    row: Dict[str, Any] = {
+        "method": method_name, "preset": preset, "fold": fold.name,
+        "overrides": overrides, "image_size": int(cfg["image_size"]),
+        "params": int(model.count_params()), "epochs": plan["epochs"],
+        "stopped_by_budget": bool(budget is not None and model.stop_training),
+        "train_seconds": round(float(train_s), 1),
+        "train_images": fold.sizes["train"], "test_images": fold.sizes["test"],
+        "images_per_second": (None if budget is None or np.isnan(budget.images_per_second)
+                              else round(float(budget.images_per_second), 1)),
+        **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall",
+                                   "confusion_matrix", "num_examples")},
+        **{k: metrics[k] for k in ("au_mean_f1", "au_mean_accuracy") if k in metrics},
+        **dict(provenance or {}),
+    }
+    if figures_on:
+        row["figures"] = run_figures.draw(method_name, method, model, cfg, fold.name, arrays,
+                                          run_dir)
+    with open(result_path, "w") as f:
+        json.dump(row, f, indent=2, default=float)
+    log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", method_name, fold.name,
+             row["accuracy"], row["balanced_accuracy"], row["train_seconds"])
+    return row
+
+
+def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
+    """``(method, model, cfg)`` of a finished run, rebuilt from its
+    ``config.json`` (or ``result.json``'s preset + overrides, with ``datasets``)
+    and ``final.weights.h5`` — e.g. to export or time it later."""
+    cfg_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        method = get_method(saved["method"])
+        cfg = method.config(saved["preset"])
+        cfg.update(saved)
+    else:
+        with open(os.path.join(run_dir, "result.json")) as f:
+            row = json.load(f)
+        if not datasets:
+            raise BenchmarkError(f"{run_dir}: no config.json; pass the run's training datasets")
+        method = get_method(row["method"])
+        cfg = method.config(row["preset"], **row.get("overrides", {}))
+        cfg["datasets"] = list(datasets)
+    model = method.build(cfg)
+    training.restore(model, os.path.join(run_dir, "final.weights.h5"))
+    return method, model, cfg
+
+
+def redo_run_figures(row: Dict[str, Any], fold: Fold, data: PreparedData,
+                     run_dir: str) -> Dict[str, Any]:
+    """Redraw a finished run's figures from its saved weights (the numbers stay)."""
+    method, model, cfg = load_run_model(run_dir, data.datasets)
+    arrays = collect_predictions(method, model, cfg, fold.test(data))
+    np.savez_compressed(os.path.join(run_dir, "predictions.npz"), **arrays)
+    row = dict(row, figures=run_figures.draw(row["method"], method, model, cfg, fold.name,
+                                             arrays, run_dir))
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(row, f, indent=2, default=float)
+    return row
+
+
+# --------------------------------------------------------------------------- #
+# the whole benchmark
+# --------------------------------------------------------------------------- #
+def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", k: int = 10,
+                  train_datasets: Sequence[str] = (), test_datasets: Sequence[str] = (),
+                  method_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                  preset: str = "small", epochs: Optional[int] = None,
+                  minutes: Optional[float] = None, seed: int = 0, folds_limit: Optional[int] = None,
+                  beam_args: Optional[Sequence[str]] = None, figures_on: bool = True,
+                  seed_reported: Optional[Mapping[str, str]] = None,
+                  redo_figures: bool = False) -> Dict[str, Any]:
+    """Run the benchmark; returns ``{"rows", "table", "figures"}``.
+
+    ``method_settings``: method -> ``{"preset", "overrides", "epochs",
+    "minutes"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``.
+    ``folds_limit`` runs only the first N folds (quick looks at k-fold).
+    """
+    if protocol not in PROTOCOLS:
+        raise BenchmarkError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    names = resolve_methods(methods)
+    spec = benchmark_spec(DataSpec.load(spec), protocol, k)
+    settings = {n: dict((method_settings or {}).get(n, {})) for n in names}
+    sizes = {n: int(get_method(n).config(settings[n].get("preset", preset),
+                                         **(settings[n].get("overrides") or {}))["image_size"])
+             for n in names}
+    prepared: Dict[int, PreparedData] = {}
+    folds_of: Dict[int, List[Fold]] = {}
+    for size in sorted(set(sizes.values())):
+        log.info("data: %d source(s) at %d px", len(spec.sources), size)
+        prepared[size] = prepare_data(spec, os.path.join(out_dir, "data"), size, beam_args)
+        folds_of[size] = make_folds(prepared[size], protocol, k, train_datasets, test_datasets)
+        if folds_limit:
+            folds_of[size] = folds_of[size][:int(folds_limit)]
+    first = folds_of[min(folds_of)]
+    counts = prepared[min(prepared)].counts
+    log.info("%s: %d fold(s): %s", protocol, len(first), "; ".join(f.describe() for f in first))
+    provenance = {"hardware": hardware(), "commit": git_commit(), "protocol": protocol}
+    rows = []
+    total = len(names) * len(first)
+    for i, name in enumerate(names):
+        setting, size = settings[name], sizes[name]
+        for j, fold in enumerate(folds_of[size]):
+            log.info("[%d/%d] %s on %s", i * len(first) + j + 1, total, name, fold.name)
+            rows.append(run_one(
+                name, fold, prepared[size], os.path.join(out_dir, "runs", name, fold.name),
+                preset=setting.get("preset", preset), overrides=setting.get("overrides", {}),
+                epochs=setting.get("epochs", epochs), minutes=setting.get("minutes", minutes),
+                seed=seed, figures_on=figures_on, provenance=provenance,
+                redo_figures=redo_figures and figures_on))
+    notes = [f"Protocol: {protocol} ({'; '.join(f.describe() for f in first)}).",
+             f"Data: {counts.get('total', '?')} faces after ingestion, "
+             f"{counts.get('quarantined', 0)} inputs quarantined."]
+    table = write_table(rows, out_dir, title=f"fermtl benchmark — {protocol}",
+                        seed_reported=seed_reported, notes=notes)
+    extra = {}
+    if figures_on:
+        extra["accuracy"] = figures.accuracy_bars(summarize(rows),
+                                                  os.path.join(out_dir, "accuracy.png"))
+    with open(os.path.join(out_dir, "rows.json"), "w") as f:
+        json.dump(rows, f, indent=2, default=float)
+    return {"rows": rows, "table": table, "figures": extra}

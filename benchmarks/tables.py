@@ -1,0 +1,184 @@
+"""What ``fermtl benchmark`` writes besides the runs: provenance (hardware,
+commit), the results table (Markdown + CSV, mean ± std over folds) and the
+validated settings file."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import subprocess
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from components import contract
+from models import registry
+
+#: Methods a benchmark with ``methods="all"`` trains (the baseline is the
+#: plain single-task CNN the others are compared against).
+ALL_METHODS = ("baseline", "ddmtl", "fersnet", "sjmt", "multidataset", "tracenorm")
+
+
+class BenchmarkError(ValueError):
+    """A protocol that cannot be run on the given data (empty fold, unknown dataset ...)."""
+
+
+def hardware() -> str:
+    """``"<cpu model>, N cores[, GPUs]"`` of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        text += f", {len(gpus)} GPU(s)"
+    return text
+
+
+def git_commit(repo_dir: Optional[str] = None) -> str:
+    """Short commit of the code (``+dirty`` with uncommitted changes; ``unknown``
+    outside a git checkout)."""
+    repo_dir = repo_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_dir,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo_dir, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """One line per method: accuracy mean ± std over folds, mean per-class
+    recall (classes present in the test data), parameters, train time."""
+    by_method: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    out = []
+    for name, rs in by_method.items():
+        acc = np.asarray([r["accuracy"] for r in rs], np.float64)
+        bal = np.asarray([r["balanced_accuracy"] for r in rs], np.float64)
+        recall = {}
+        for e in contract.EMOTIONS:
+            vals = [r["per_class_recall"].get(e) for r in rs]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                recall[e] = float(np.mean(vals))
+        out.append({
+            "method": name, "preset": rs[0]["preset"], "folds": len(rs),
+            "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+            "balanced_mean": float(bal.mean()), "per_class_recall": recall,
+            "params": rs[0]["params"], "image_size": rs[0]["image_size"],
+            "epochs": rs[0]["epochs"],
+            "train_minutes": float(sum(r["train_seconds"] for r in rs) / 60.0),
+            "au_mean_f1": (float(np.mean([r["au_mean_f1"] for r in rs]))
+                           if all("au_mean_f1" in r for r in rs) else None),
+            "hardware": rs[0].get("hardware", ""), "commit": rs[0].get("commit", ""),
+        })
+    return out
+
+
+def _fmt(v, fmt: str) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "Results",
+                seed_reported: Optional[Mapping[str, str]] = None,
+                notes: Sequence[str] = ()) -> Dict[str, str]:
+    """``results.md`` and ``results.csv`` in ``out_dir`` from run rows; returns the paths.
+
+    ``seed_reported``: method -> what its paper reports (shown beside ours).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    summary = summarize(rows)
+    classes = [e for e in contract.EMOTIONS if any(e in s["per_class_recall"] for s in summary)]
+    seed_reported = dict(seed_reported or {})
+    header = (["method", "preset", "input", "params", "folds", "epochs", "accuracy",
+               "balanced acc."] + [f"recall {e}" for e in classes]
+              + ["AU F1", "train min", "seed reports"])
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        acc = (f"{s['accuracy_mean']:.1%} ± {s['accuracy_std']:.1%}" if s["folds"] > 1
+               else f"{s['accuracy_mean']:.1%}")
+        cells = [s["method"], s["preset"], f"{s['image_size']}²", f"{s['params']:,}",
+                 str(s["folds"]), str(s["epochs"]), acc, f"{s['balanced_mean']:.1%}"]
+        cells += [_fmt(s["per_class_recall"].get(e), "{:.0%}") for e in classes]
+        cells += [_fmt(s["au_mean_f1"], "{:.2f}"), f"{s['train_minutes']:.1f}",
+                  seed_reported.get(s["method"], "—")]
+        lines.append("| " + " | ".join(cells) + " |")
+    hw = sorted({s["hardware"] for s in summary if s["hardware"]})
+    commits = sorted({s["commit"] for s in summary if s["commit"]})
+    lines += ["", f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(commits) or '?'}."]
+    lines += [f"{n}" for n in notes]
+    md = os.path.join(out_dir, "results.md")
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    path_csv = os.path.join(out_dir, "results.csv")
+    with open(path_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "preset", "image_size", "params", "folds", "epochs",
+                    "accuracy_mean", "accuracy_std", "balanced_accuracy_mean"]
+                   + [f"recall_{e}" for e in classes]
+                   + ["au_mean_f1", "train_minutes", "hardware", "commit", "seed_reported"])
+        for s in summary:
+            w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
+                        s["epochs"], f"{s['accuracy_mean']:.4f}", f"{s['accuracy_std']:.4f}",
+                        f"{s['balanced_mean']:.4f}"]
+                       + [("" if s["per_class_recall"].get(e) is None
+                           else f"{s['per_class_recall'][e]:.4f}") for e in classes]
+                       + ["" if s["au_mean_f1"] is None else f"{s['au_mean_f1']:.4f}",
+                          f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
+                          seed_reported.get(s["method"], "")])
+    return {"markdown": md, "csv": path_csv}
+
+
+def resolve_methods(methods) -> List[str]:
+    """``"all"`` / ``"a,b"`` / a list -> method names (checked)."""
+    if isinstance(methods, str):
+        methods = list(ALL_METHODS) if methods == "all" else [
+            m.strip() for m in methods.split(",") if m.strip()]
+    known = set(registry.method_names())
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise BenchmarkError(f"unknown methods {unknown}; choose from {sorted(known)} or 'all'")
+    return list(methods)
+
+
+SETTING_KEYS = ("preset", "overrides", "epochs", "minutes")
+
+
+def load_settings(path: str) -> Dict[str, Any]:
+    """Benchmark settings YAML -> ``{"methods": {...}, "seed_reported": {...}}``.
+
+    Validates the keys so a typo fails before an hour of training, not after.
+    """
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise BenchmarkError(f"{path}: expected a mapping with 'methods' / 'seed_reported'")
+    unknown = sorted(set(raw) - {"methods", "seed_reported"})
+    if unknown:
+        raise BenchmarkError(f"{path}: unknown keys {unknown} (known: methods, seed_reported)")
+    methods = raw.get("methods") or {}
+    known = set(registry.method_names())
+    for name, setting in methods.items():
+        if name not in known:
+            raise BenchmarkError(f"{path}: unknown method {name!r}; known: {sorted(known)}")
+        bad = sorted(set(setting or {}) - set(SETTING_KEYS))
+        if bad:
+            raise BenchmarkError(f"{path}: methods.{name}: unknown keys {bad} "
+                                 f"(known: {', '.join(SETTING_KEYS)})")
+        if "preset" in (setting or {}):
+            registry.get_method(name).config(setting["preset"], **(setting.get("overrides") or {}))
+    return {"methods": {k: dict(v or {}) for k, v in methods.items()},
+            "seed_reported": dict(raw.get("seed_reported") or {})}

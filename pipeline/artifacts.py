@@ -1,0 +1,74 @@
+"""A pipeline run's artifacts, read back from its ML Metadata store.
+
+``fermtl benchmark`` prepares its data with the pipeline's own components
+(FaceIngestion ... Transform, cached by MLMD) and then trains on their output
+artifacts exactly as the Trainer does: :func:`latest_outputs` finds them and
+:func:`data_accessor` builds the ``DataAccessor`` TFX gives the Trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx.components.trainer.fn_args_utils import DataAccessor
+from tfx.components.util import tfxio_utils
+from tfx.types import artifact_utils
+from tfx.types.artifact import Artifact
+
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+def _store(metadata_path: str) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def latest_outputs(metadata_path: str, node_id: str) -> Dict[str, List[Artifact]]:
+    """Output key -> artifacts of the newest successful (or cached) execution
+    of the pipeline node ``node_id`` (e.g. ``"Transform"``)."""
+    store = _store(metadata_path)
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    executions = [e for e in store.get_executions()
+                  if e.last_known_state in done
+                  and e.custom_properties.get("__node_id__") is not None
+                  and e.custom_properties["__node_id__"].string_value == node_id]
+    if not executions:
+        # Older TFX: the node id is the execution type's name suffix.
+        types = {t.id: t.name for t in store.get_execution_types()}
+        executions = [e for e in store.get_executions() if e.last_known_state in done
+                      and types.get(e.type_id, "").endswith(node_id)]
+    if not executions:
+        raise LookupError(f"{metadata_path}: no finished execution of {node_id}")
+    newest = max(executions, key=lambda e: e.id)
+    events = [ev for ev in store.get_events_by_execution_ids([newest.id])
+              if ev.type in _OUTPUT_EVENTS]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])}
+    types = {t.id: t for t in store.get_artifact_types_by_id(
+        list({a.type_id for a in artifacts.values()}))}
+    out: Dict[str, List[Artifact]] = {}
+    for ev in events:
+        key = ev.path.steps[0].key if ev.path.steps else ""
+        mlmd = artifacts[ev.artifact_id]
+        out.setdefault(key, []).append(
+            artifact_utils.deserialize_artifact(types[mlmd.type_id], mlmd))
+    return out
+
+
+def data_accessor(examples: List[Artifact], component: str = "Benchmark") -> DataAccessor:
+    """The ``DataAccessor`` the TFX Trainer builds for ``examples`` artifacts."""
+    return DataAccessor(
+        tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
+            examples, [component]),
+        record_batch_factory=tfxio_utils.get_record_batch_factory_from_artifact(
+            examples, [component]),
+        data_view_decode_fn=tfxio_utils.get_data_view_decode_fn_from_artifact(
+            examples, [component]))
+
+
+def split_pattern(examples: List[Artifact], split: str) -> List[str]:
+    """File patterns of one split of ``examples`` artifacts."""
+    return [f"{uri}/*" for uri in artifact_utils.get_split_uris(examples, split)]
