@@ -7,10 +7,12 @@ setup(
     version="0.1.0",
     description="Multi-task facial expression recognition pipeline on TFX",
     python_requires=">=3.10,<3.11",
+    # No `kubeflow` package: that import name belongs to the Kubeflow SDKs
+    # (kubeflow-training, kubeflow-katib, kubeflow); kubeflow/ holds the component
+    # image and deployment notes, the KFP compiler is pipeline.kubeflow_runner.
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
-                                    "models", "models.*", "kubeflow", "kubeflow.*",
-                                    "benchmarks"]),
-    package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"]},
+                                    "models", "models.*", "benchmarks"]),
+    package_data={"pipeline": ["configs/*.yaml", "configs/*/*.yaml", "schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "dill",

@@ -1,4 +1,4 @@
-"""Tests of the procedural synthetic-face generator (components/synthetic.py)."""
+"""Tests of the procedural synthetic-face generator (components/synthetic/)."""
 
 import json
 import os

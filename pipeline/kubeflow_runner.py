@@ -4,6 +4,14 @@ The spec runs every component in the image built from ``kubeflow/Dockerfile``
 (Python 3.10, the pinned stack, this package installed at ``/fermtl``).
 Nothing here talks to a cluster: uploading and running the spec is described
 in ``kubeflow/README.md``.
+
+This module lives in ``pipeline/``, not in ``kubeflow/``: the import name
+``kubeflow`` belongs to the Kubeflow SDKs (``kubeflow-training`` and
+``kubeflow-katib`` make it a namespace package, the ``kubeflow`` SDK a regular
+one), so fer-mtl installs nothing under it and ``kubeflow/`` holds only the
+component image and the deployment notes.
+
+Usage: ``python -m pipeline.kubeflow_runner --config my_run.yaml --image REGISTRY/fermtl:0.1.0``
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from pipeline.config import RunConfig, load_config
 from pipeline.pipeline import create_pipeline
 
 DEFAULT_IMAGE = "ghcr.io/fer-mtl/fermtl:0.1.0"
-# Where kubeflow/Dockerfile puts the source tree inside the image.
+# Where kubeflow/Dockerfile puts the source tree (WORKDIR, editable install).
 IMAGE_SOURCE_DIR = "/fermtl"
 IMAGE_SCHEMA_PATH = f"{IMAGE_SOURCE_DIR}/pipeline/schema/schema.pbtxt"
 
