@@ -8,8 +8,9 @@ restricted per sample to its dataset's label set (``emotion_mask``)::
          = -1e9           otherwise                    (masked logits)
     L    = mean over samples with emotion >= 0 of  -log softmax(z')_y
 
-so a 7-class dataset never pushes down the score of the 8th class (the
-masked logits get exactly zero gradient) and samples without an emotion
+(:func:`models.losses.classification.masked_softmax_cross_entropy`), so a
+7-class dataset never pushes down the score of the 8th class (the masked
+logits get exactly zero gradient) and samples without an emotion
 (``emotion == -1``) contribute nothing. At inference the softmax runs over
 the union of the label sets seen in training (:class:`LabelSetMask`).
 
@@ -30,30 +31,12 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import keras
-import tensorflow as tf
 
 from components import contract
 from models import backbones
 from models.base import Method
-from models.training import (LabelSetMask, LossModel, lr_schedule_callbacks, masked_mean,
-                             random_pad_crop)
-
-
-def masked_softmax_cross_entropy(emotion: tf.Tensor, logits: tf.Tensor,
-                                 emotion_mask: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Per-sample CE with logits outside ``emotion_mask`` set to -1e9 (see the
-    module docstring); returns ``{"loss", "accuracy", "masked_logits"}``,
-    the loss and accuracy averaged over samples with ``emotion >= 0``."""
-    emotion = tf.cast(tf.reshape(emotion, [-1]), tf.int64)
-    logits = tf.cast(logits, tf.float32)
-    masked = tf.where(tf.cast(emotion_mask, tf.float32) > 0, logits, tf.fill(tf.shape(logits),
-                                                                               -1e9))
-    labelled = emotion >= 0
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(emotion, 0),
-                                                        logits=masked)
-    correct = tf.cast(tf.equal(tf.argmax(masked, axis=-1), emotion), tf.float32)
-    return {"loss": masked_mean(ce, labelled), "accuracy": masked_mean(correct, labelled),
-            "masked_logits": masked}
+from models.losses.classification import masked_softmax_cross_entropy
+from models.training import LabelSetMask, LossModel, lr_schedule_callbacks, random_pad_crop
 
 
 class BaselineModel(LossModel):

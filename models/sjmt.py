@@ -91,8 +91,8 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
-from models.losses import selective_sigmoid_cross_entropy
-from models.training import LabelSetMask, LossModel, masked_mean, random_pad_crop
+from models.losses import masked_mean, selective_sigmoid_cross_entropy
+from models.training import LabelSetMask, LossModel, random_pad_crop
 
 NUM_BASE_OUTPUTS = contract.NUM_EMOTIONS + contract.NUM_AUS  # 25
 BASIC6: tuple = contract.EMOTIONS[:6]

@@ -111,6 +111,7 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.layers import DANNLambdaSchedule, GradientReversal, TraceNormRegularizer
+from models.optimizers import optimizer_from_cfg
 from models.training import LabelSetMask, LossModel, lr_schedule_callbacks
 
 NUM_CLASSES = contract.NUM_EMOTIONS
@@ -171,15 +172,6 @@ def _trace_regularizer(cfg: Dict[str, Any]) -> TraceNormRegularizer:
     return TraceNormRegularizer(float(cfg["trace_norm_strength"]), kind=cfg["trace_norm_kind"],
                                 svd=cfg["trace_norm_svd"], gammas=cfg["trace_norm_gammas"],
                                 rank=cfg["trace_norm_rank"])
-
-
-def _optimizer(cfg: Dict[str, Any]) -> keras.optimizers.Optimizer:
-    name = cfg["optimizer"].lower()
-    if name == "sgd":
-        return keras.optimizers.SGD(cfg["learning_rate"], momentum=cfg["momentum"])
-    if name == "adam":
-        return keras.optimizers.Adam(cfg["learning_rate"])
-    raise ValueError(f"tracenorm: unknown optimizer {cfg['optimizer']!r} (sgd|adam)")
 
 
 def build_network(cfg: Dict[str, Any]) -> keras.Model:
@@ -437,7 +429,7 @@ class TraceNormMTL(Method):
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = TraceNormMTLModel(cfg, name="tracenorm")
-        model.compile(optimizer=_optimizer(cfg), jit_compile=False)
+        model.compile(optimizer=optimizer_from_cfg(cfg), jit_compile=False)
         return model
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
@@ -471,6 +463,8 @@ def trace_norm_decrease_plot(rates, path, title: Optional[str] = None) -> str:
     several runs (grouped bars, e.g. LAF / Tucker / TT). Writes a PNG to
     ``path`` (matplotlib Agg) and returns the path.
     """
+    # late: only this figure needs matplotlib (and its Agg backend must be
+    # chosen before pyplot loads); training the method does not import it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,6 +1,6 @@
 """Single-task baseline (models/baseline.py) and the shared training loop
-(models/training.py): masked softmax, learning on held-out synthetic
-subjects, save/load, export, checkpoint resume, evaluate. CPU, small preset.
+(models/training.py): learning on held-out synthetic subjects, save/load,
+export, checkpoint resume, the cosine schedule, evaluate. CPU, small preset.
 
 One baseline is trained per module (fixture ``trained``) and shared.
 """
@@ -46,25 +46,6 @@ def _images(samples):
 # --------------------------------------------------------------------------- #
 # unit tests (no training)
 # --------------------------------------------------------------------------- #
-def test_masked_softmax_ignores_labels_outside_the_label_set():
-    logits = tf.Variable(tf.random.stateless_normal([3, 8], seed=[1, 2]))
-    emotion = tf.constant([3, 0, -1], tf.int64)
-    mask = np.zeros((3, 8), np.float32)
-    mask[0, :7] = 1  # a 7-class dataset
-    mask[1, [0, 3, 5]] = 1  # a 3-class dataset
-    with tf.GradientTape() as tape:
-        out = baseline.masked_softmax_cross_entropy(emotion, logits, mask)
-    grad = tape.gradient(out["loss"], logits).numpy()
-    # Logits outside a sample's label set, and the unlabelled sample, get no gradient.
-    assert (grad[mask == 0] == 0).all()
-    assert (grad[2] == 0).all()
-    # The loss is the mean CE of the two labelled samples over their label sets.
-    z = logits.numpy()
-    ref = [-np.log(np.exp(z[0, 3]) / np.exp(z[0, :7]).sum()),
-           -np.log(np.exp(z[1, 0]) / np.exp(z[1, [0, 3, 5]]).sum())]
-    np.testing.assert_allclose(out["loss"].numpy(), np.mean(ref), rtol=1e-5)
-
-
 def test_label_set_mask_restricts_inference_to_seen_labels():
     layer = training.LabelSetMask(8, fill=-1e9)
     x = tf.ones([2, 8])

@@ -19,6 +19,7 @@ import tensorflow as tf
 from components import contract, synthetic
 from models import ddmtl as D
 from models import inputs
+from models.losses import masked_softmax_cross_entropy
 from tests.method_helpers import accuracy, assert_export_answers_raw_images, chance, images_of
 
 SIZE = 50
@@ -109,7 +110,7 @@ def test_weights_scale_the_softmax_terms_only():
     # Eq. 1 by hand: sum over pairs of W_i SLoss_i + W_j SLoss_j, over |P|
     w = np.random.default_rng(1).uniform(0.2, 2.0, 32).astype(np.float32)
     got = D.ddmtl_loss(logits, emb, y, mask, partner, same, valid, tf.constant(w), 0.0, 1.0)
-    sl = np.asarray(D.per_sample_masked_ce(y, logits, mask)["per_sample"])
+    sl = np.asarray(masked_softmax_cross_entropy(y, logits, mask)["per_sample"])
     p, v = np.asarray(partner), np.asarray(valid)
     expect = sum(w[i] * sl[i] + w[p[i]] * sl[p[i]] for i in np.flatnonzero(v)) / v.sum()
     np.testing.assert_allclose(float(got["softmax"]), expect, rtol=1e-5)
