@@ -17,8 +17,9 @@ the union of the label sets seen in training (:class:`LabelSetMask`).
 Input faces are standardised per image inside the model (``standardize``;
 removes skin tone and lighting, part of the exported graph). Adam optimiser;
 ``augment`` applies random translations (``crop_padding``) and flips.
-``lr_schedule``: ``constant`` (both presets) or ``cosine`` (decay to 0 over
-the fit, :class:`models.training.CosineLR`; what a longer budget should use).
+``lr_schedule``: ``constant`` (both presets) or ``cosine`` (Keras
+``CosineDecay`` to 0 over the fit's ``schedule_steps``,
+:func:`models.optimizers.learning_rate`; what a longer budget should use).
 
 Presets: ``small`` (48 px, three single-conv blocks 16-32-64 + FC-64, 0.17M
 parameters, no random crops; trains in about a minute on a CPU) and ``paper``
@@ -36,7 +37,8 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.losses.classification import masked_softmax_cross_entropy
-from models.training import LabelSetMask, LossModel, lr_schedule_callbacks, random_pad_crop
+from models.optimizers import learning_rate
+from models.training import LabelSetMask, LossModel, random_pad_crop
 
 
 class BaselineModel(LossModel):
@@ -86,12 +88,9 @@ class BaselineCNN(Method):
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = BaselineModel(self.build_net(cfg), name="baseline")
-        model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg)),
                       jit_compile=cfg.get("jit_compile", False))
         return model
-
-    def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        return lr_schedule_callbacks(cfg)
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         net = model.net

@@ -93,20 +93,23 @@ NUM_CLASSES = contract.NUM_EMOTIONS
 # learning-rate decay
 # --------------------------------------------------------------------------
 class EpochDecay(keras.callbacks.Callback):
-    """``lr = lr0 * decay ** epoch`` set at the start of each epoch (``lr0`` is the
-    optimizer's lr when training first starts)."""
+    """``lr = lr0 * decay ** epoch`` set at the start of each epoch.
 
-    def __init__(self, decay: float):
+    ``epoch`` is the absolute epoch index of the fit (a resumed fit starts at
+    its ``initial_epoch``) and ``lr0`` the configured learning rate, not the
+    optimizer's current one (a checkpoint restores the optimizer's decayed
+    learning rate), so a resumed fit continues the curve. A callback, not a
+    Keras schedule: the decay steps per *epoch*, and ``build`` is told only
+    the fit's total steps (``cfg["schedule_steps"]``), not the epoch length.
+    """
+
+    def __init__(self, lr0: float, decay: float):
         super().__init__()
+        self.lr0 = float(lr0)
         self.decay = float(decay)
-        self._lr0 = None
-
-    def on_train_begin(self, logs=None):
-        if self._lr0 is None:
-            self._lr0 = float(np.asarray(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate.assign(self._lr0 * self.decay ** epoch)
+        self.model.optimizer.learning_rate.assign(self.lr0 * self.decay ** epoch)
 
 
 # --------------------------------------------------------------------------
@@ -334,5 +337,5 @@ class DDMTL(Method):
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
         if cfg.get("lr_decay", 1.0) != 1.0:
-            return [EpochDecay(cfg["lr_decay"])]
+            return [EpochDecay(cfg["learning_rate"], cfg["lr_decay"])]
         return []

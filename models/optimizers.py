@@ -1,16 +1,35 @@
-"""Optimizers built from a method's config.
+"""Optimizers and learning-rate schedules built from a method's config.
 
 * :class:`FusedAdam` -- Keras Adam whose update is one fused op per variable.
-* :func:`optimizer_from_cfg` -- SGD or Adam (``cfg["optimizer"]``) at
-  ``cfg["learning_rate"]``.
+* :func:`learning_rate` -- ``cfg["learning_rate"]`` under ``cfg["lr_schedule"]``
+  (absent: ``constant``), as a float or a Keras ``LearningRateSchedule``:
+
+  - ``constant``: the float itself;
+  - ``cosine``: ``keras.optimizers.schedules.CosineDecay`` to 0 over
+    ``cfg["schedule_steps"]`` optimizer steps, ``lr_t = lr_0 (1 + cos(pi t / T)) / 2``
+    (Loshchilov & Hutter 2017, SGDR without restarts);
+  - ``exponential``: ``ExponentialDecay``, ``lr_t = lr_0 * lr_decay_rate **
+    (t / lr_decay_steps)`` (``lr_staircase``: the exponent rounded down).
+
+  ``cfg["schedule_steps"]`` is the total number of optimizer steps of the
+  planned fit (all epochs, not the remainder of a resumed one); the training
+  core sets it before ``method.build(cfg)``. A schedule is evaluated at the
+  optimizer's ``iterations``, which checkpoints save, so a resumed fit
+  continues the curve where it stopped.
+* :func:`optimizer_from_cfg` -- SGD or Adam (``cfg["optimizer"]``) at that
+  learning rate.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 import keras
 import tensorflow as tf
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+Schedule = keras.optimizers.schedules.LearningRateSchedule
+
 
 @keras.saving.register_keras_serializable(package="fermtl")
 class FusedAdam(keras.optimizers.Adam):
@@ -39,11 +58,35 @@ class FusedAdam(keras.optimizers.Adam):
                 epsilon=float(self.epsilon), grad=tf.cast(grad, var.dtype))
 
 
+def learning_rate(cfg: Dict[str, Any]) -> Union[float, Schedule]:
+    """``cfg["learning_rate"]`` under ``cfg.get("lr_schedule", "constant")`` (module
+    docstring); raises ``ValueError`` for an unknown schedule, and for ``cosine``
+    without a positive ``cfg["schedule_steps"]``."""
+    who = cfg.get("method", "method")
+    kind = cfg.get("lr_schedule", "constant")
+    lr = float(cfg["learning_rate"])
+    if kind == "constant":
+        return lr
+    if kind == "cosine":
+        steps = int(cfg.get("schedule_steps") or 0)
+        if steps <= 0:
+            raise ValueError(
+                f"{who}: lr_schedule 'cosine' decays over the fit's optimizer steps, but "
+                f"cfg['schedule_steps'] is {cfg.get('schedule_steps')!r}; the training core "
+                "must set it (epochs x steps per epoch) before method.build(cfg)")
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+    if kind == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps=int(cfg["lr_decay_steps"]), decay_rate=float(cfg["lr_decay_rate"]),
+            staircase=bool(cfg.get("lr_staircase", False)))
+    raise ValueError(f"{who}: lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+
+
 def optimizer_from_cfg(cfg: Dict[str, Any]) -> keras.optimizers.Optimizer:
-    """``cfg["optimizer"]`` at ``cfg["learning_rate"]``: ``sgd`` (with
+    """``cfg["optimizer"]`` at :func:`learning_rate` ``(cfg)``: ``sgd`` (with
     ``momentum``, ``nesterov``) or ``adam`` (:class:`FusedAdam`, ``beta_1``)."""
     name = cfg["optimizer"].lower()
-    lr = cfg["learning_rate"]
+    lr = learning_rate(cfg)
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=cfg.get("momentum", 0.0),
                                     nesterov=bool(cfg.get("nesterov", False)))

@@ -83,8 +83,9 @@ Interpretation choices (the papers leave these open):
   that set (all 8 emotions before any training), so logits never trained
   (e.g. ``contempt`` with 7-class data) get probability 0.
 * Optimiser: SGD with momentum 0.9, constant lr 0.01 (paper preset);
-  the small preset uses Adam (lr 2e-3, cosine decay to 0 over the fit,
-  :class:`models.training.CosineLR`) so that a few CPU epochs suffice. The
+  the small preset uses Adam (lr 2e-3, Keras ``CosineDecay`` to 0 over the
+  fit's ``schedule_steps``, :func:`models.optimizers.learning_rate`) so that a
+  few CPU epochs suffice. The
   trace-norm strength ``mu``, landmark weight ``alpha`` and adversarial
   weight ``beta`` are not given by the paper and are our choice.
 * **Small preset**: the paper's topology (33 convs, 96 px, 3x3 pool) at width
@@ -112,7 +113,7 @@ from models import backbones
 from models.base import Method
 from models.layers import DANNLambdaSchedule, GradientReversal, TraceNormRegularizer
 from models.optimizers import optimizer_from_cfg
-from models.training import LabelSetMask, LossModel, lr_schedule_callbacks
+from models.training import LabelSetMask, LossModel
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 NUM_LANDMARK_COORDS = 2 * contract.NUM_LANDMARKS
@@ -441,12 +442,11 @@ class TraceNormMTL(Method):
                            name="tracenorm_inference")
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        cbs: List[keras.callbacks.Callback] = lr_schedule_callbacks(cfg)
-        if len(cfg["datasets"]) >= 2 and cfg["ada_weight"]:
-            # the ramp's length is re-read from the running fit (DANNRamp.on_train_begin)
-            total = max(int(steps_per_epoch or 0) * int(cfg["epochs"]), 1)
-            cbs.append(DANNRamp(total, cfg["ada_gamma"], cfg["ada_max_lambda"]))
-        return cbs
+        if len(cfg["datasets"]) < 2 or not cfg["ada_weight"]:
+            return []
+        # the ramp's length is re-read from the running fit (DANNRamp.on_train_begin)
+        total = max(int(steps_per_epoch or 0) * int(cfg["epochs"]), 1)
+        return [DANNRamp(total, cfg["ada_gamma"], cfg["ada_max_lambda"])]
 
     def trace_norm_rates(self, model: keras.Model) -> List[float]:
         """The 33 per-layer trace-norm decrease rates ``||W_l||_* / ||W_l||_*(init)``."""

@@ -120,8 +120,10 @@ def test_exported_signature_answers_raw_images(trained, split, tmp_path):
 
 
 def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
-    """``lr_schedule: cosine``: lr_t = lr_0 (1 + cos(pi t / T)) / 2 with T = epochs x
-    steps, continued (not restarted) by a resumed fit."""
+    """``lr_schedule: cosine`` (Loshchilov & Hutter 2017, Eq. 5 with eta_min = 0):
+    lr_t = lr_0 (1 + cos(pi t / T)) / 2 with T = epochs x steps of the planned fit
+    (``cfg["schedule_steps"]``) and t the optimizer's step count, which the
+    checkpoint restores: a resumed fit continues the curve, it does not restart it."""
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -139,8 +141,11 @@ def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
                                rtol=1e-5)                            # first fit: T = 2 x 4
     np.testing.assert_allclose(seen[2 * steps:], 0.005 * (1 + np.cos(np.pi * t[8:] / 12)),
                                rtol=1e-5)                            # resumed: T = 3 x 4
+    method = baseline.BaselineCNN()
     with pytest.raises(ValueError, match="lr_schedule"):
-        baseline.BaselineCNN().callbacks(dict(lr_schedule="step", method="baseline"), 1)
+        method.build(method.config("small", lr_schedule="step"))
+    with pytest.raises(ValueError, match="schedule_steps"):      # cosine of an unknown length
+        method.build(method.config("small", lr_schedule="cosine"))
 
 
 def test_checkpoint_resume_continues(trained, split, tmp_path):

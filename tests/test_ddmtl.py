@@ -216,12 +216,17 @@ def test_paper_preset_builds():
 
 
 def test_epoch_decay_multiplies_lr_each_epoch():
+    """``lr = lr0 * decay ** epoch``; a resumed fit (a new callback, the optimizer's
+    learning rate restored decayed from the checkpoint) continues the curve."""
     class Fake:
         optimizer = keras.optimizers.SGD(0.05)
 
-    cb = D.EpochDecay(0.9)
+    cb = D.EpochDecay(0.05, 0.9)
     cb.set_model(Fake())
-    cb.on_train_begin()
     for epoch in range(3):
         cb.on_epoch_begin(epoch)
         assert float(Fake.optimizer.learning_rate) == pytest.approx(0.05 * 0.9 ** epoch)
+    resumed = D.EpochDecay(0.05, 0.9)       # lr is now 0.05 * 0.9 ** 2, as restored
+    resumed.set_model(Fake())
+    resumed.on_epoch_begin(3)
+    assert float(Fake.optimizer.learning_rate) == pytest.approx(0.05 * 0.9 ** 3)
