@@ -23,7 +23,7 @@ decoder) on aligned ``(x, t, x_t)`` pairs of the training subjects with
 ``lambda_rec * recon_loss(G(x, t), x_t)`` alone, ``--steps`` Adam steps at
 ``--lr`` (batch 16).  It isolates what the architecture and the
 reconstruction loss can learn from what the GAN, cycle and classification
-terms add (module docstring of ``models/fersnet.py``, "Synthesis side").
+terms add (package docstring of ``models/fersnet/``, "Synthesis side").
 
 Prints one JSON line (the figures), saves a grid (source, ``G(x, t)`` for the
 seven targets, the real targets) as PNG::
@@ -46,8 +46,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks import synthesis  # noqa: E402
 from components import contract, synthetic  # noqa: E402
 from models import fersnet  # noqa: E402
+from models.fersnet.fes import decode_faces  # noqa: E402
+from models.fersnet.losses import pixel_loss  # noqa: E402
 
 SIZE = 64
 K = len(contract.BASIC7)
@@ -64,7 +67,8 @@ def save_grid(path, x, fakes_of, samples, rows: int = 3) -> None:
     import matplotlib.pyplot as plt
 
     neutral = contract.EMOTIONS.index("neutral")
-    picked = [g for g in fersnet.capture_sequences(samples) if neutral in g and len(g) == K][:rows]
+    picked = [g for g in synthesis.capture_sequences(samples)
+              if neutral in g and len(g) == K][:rows]
     fig, ax = plt.subplots(2 * len(picked), K + 1, figsize=(1.5 * (K + 1), 3.1 * len(picked)))
     ax = np.atleast_2d(ax)
     for r, g in enumerate(picked):
@@ -94,8 +98,8 @@ def train_generator(train, overrides, steps: int, lr: float, seed: int, batch: i
     cfg = fersnet.FERSNet().config("small", **overrides)
     tf.random.set_seed(seed)
     model = fersnet.FERSNetModel(cfg, load_embedding=False)
-    x = fersnet._decode_to_size(train, SIZE)
-    jobs = fersnet.aligned_synthesis_jobs(train)
+    x = decode_faces(train, SIZE)
+    jobs = synthesis.aligned_synthesis_jobs(train)
     params = (model.encoder.trainable_variables + model.decoder.trainable_variables)
     opt = keras.optimizers.Adam(lr, beta_1=cfg["beta_1"])
     kind, weight = cfg["recon_loss"], float(cfg["lambda_rec"])
@@ -104,7 +108,7 @@ def train_generator(train, overrides, steps: int, lr: float, seed: int, batch: i
     def step(src, target, real):
         with tf.GradientTape() as tape:
             fake = model.synthesize(src, target, training=True)
-            loss = weight * tf.reduce_mean(fersnet._pixel_loss(fake, real, kind))
+            loss = weight * tf.reduce_mean(pixel_loss(fake, real, kind))
         opt.apply(tape.gradient(loss, params), params)
         return loss
 
@@ -160,9 +164,9 @@ def main(argv=None) -> int:
                "recognition_val_accuracy": float(hist.history["val_accuracy"][-1])}
     train_s = time.time() - t0
     log(f"FERSNet: {train_s:.0f} s")
-    oracle = fersnet.expression_oracle(train + test, SIZE, epochs=args.oracle_epochs,
+    oracle = synthesis.expression_oracle(train + test, SIZE, epochs=args.oracle_epochs,
                                        seed=args.seed + 1)
-    result, x, _, _ = fersnet.judge_synthesis(model, oracle, test)
+    result, x, _, _ = synthesis.judge_synthesis(model, oracle, test)
     result.update({"train_subjects": args.train_subjects, **run,
                    "train_seconds": round(train_s), "overrides": overrides})
     print(json.dumps(result), flush=True)

@@ -8,16 +8,18 @@ restricted per sample to its dataset's label set (``emotion_mask``)::
          = -1e9           otherwise                    (masked logits)
     L    = mean over samples with emotion >= 0 of  -log softmax(z')_y
 
-so a 7-class dataset never pushes down the score of the 8th class (the
-masked logits get exactly zero gradient) and samples without an emotion
+(:func:`models.losses.classification.masked_softmax_cross_entropy`), so a
+7-class dataset never pushes down the score of the 8th class (the masked
+logits get exactly zero gradient) and samples without an emotion
 (``emotion == -1``) contribute nothing. At inference the softmax runs over
 the union of the label sets seen in training (:class:`LabelSetMask`).
 
 Input faces are standardised per image inside the model (``standardize``;
 removes skin tone and lighting, part of the exported graph). Adam optimiser;
 ``augment`` applies random translations (``crop_padding``) and flips.
-``lr_schedule``: ``constant`` (both presets) or ``cosine`` (decay to 0 over
-the fit, :class:`models.training.CosineLR`; what a longer budget should use).
+``lr_schedule``: ``constant`` (both presets) or ``cosine`` (Keras
+``CosineDecay`` to 0 over the fit's ``schedule_steps``,
+:func:`models.optimizers.learning_rate`; what a longer budget should use).
 
 Presets: ``small`` (48 px, three single-conv blocks 16-32-64 + FC-64, 0.17M
 parameters, no random crops; trains in about a minute on a CPU) and ``paper``
@@ -30,31 +32,14 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import keras
-import tensorflow as tf
 
 from components import contract
 from models import backbones
 from models.base import Method
+from models.losses.classification import masked_softmax_cross_entropy
+from models.optimizers import learning_rate
 from models.augment import random_pad_crop
-from models.loss_model import LabelSetMask, LossModel, masked_mean
-from models.training import lr_schedule_callbacks
-
-
-def masked_softmax_cross_entropy(emotion: tf.Tensor, logits: tf.Tensor,
-                                 emotion_mask: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Per-sample CE with logits outside ``emotion_mask`` set to -1e9 (see the
-    module docstring); returns ``{"loss", "accuracy", "masked_logits"}``,
-    the loss and accuracy averaged over samples with ``emotion >= 0``."""
-    emotion = tf.cast(tf.reshape(emotion, [-1]), tf.int64)
-    logits = tf.cast(logits, tf.float32)
-    masked = tf.where(tf.cast(emotion_mask, tf.float32) > 0, logits, tf.fill(tf.shape(logits),
-                                                                               -1e9))
-    labelled = emotion >= 0
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(emotion, 0),
-                                                        logits=masked)
-    correct = tf.cast(tf.equal(tf.argmax(masked, axis=-1), emotion), tf.float32)
-    return {"loss": masked_mean(ce, labelled), "accuracy": masked_mean(correct, labelled),
-            "masked_logits": masked}
+from models.loss_model import LabelSetMask, LossModel
 
 
 class BaselineModel(LossModel):
@@ -104,12 +89,9 @@ class BaselineCNN(Method):
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = BaselineModel(self.build_net(cfg), name="baseline")
-        model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg)),
                       jit_compile=cfg.get("jit_compile", False))
         return model
-
-    def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        return lr_schedule_callbacks(cfg)
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         net = model.net

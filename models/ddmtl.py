@@ -80,59 +80,36 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
+from models.layers import LocalResponseNormalization
+from models.losses import FeatureMemoryBank, contrastive_loss, reachability_weights
+from models.losses.classification import masked_softmax_cross_entropy
+from models.optimizers import optimizer_from_cfg
 from models.loss_model import LabelSetMask, LossModel
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 
 
 # --------------------------------------------------------------------------
-# shared pieces
+# learning-rate decay
 # --------------------------------------------------------------------------
-def per_sample_masked_ce(emotion, logits, emotion_mask) -> Dict[str, tf.Tensor]:
-    """The shared masked softmax CE (``models.baseline.masked_softmax_cross_entropy``:
-    logits outside ``emotion_mask`` set to -1e9, so they get zero gradient),
-    plus its per-sample values ``"per_sample"`` ``[B]`` (0 where ``emotion == -1``)."""
-    from models.baseline import masked_softmax_cross_entropy
-
-    out = dict(masked_softmax_cross_entropy(emotion, logits, emotion_mask))
-    y = tf.reshape(tf.cast(emotion, tf.int64), [-1])
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(y, 0),
-                                                        logits=out["masked_logits"])
-    out["per_sample"] = tf.where(y >= 0, ce, tf.zeros_like(ce))
-    return out
-
-
-def optimizer_from_cfg(cfg: Dict[str, Any]) -> keras.optimizers.Optimizer:
-    """SGD (with ``momentum``) or Adam at ``learning_rate``. Adam is FERSNet's
-    ``FusedAdam`` (same maths as Keras Adam, one fused op per variable: much
-    cheaper to trace) when available."""
-    name = cfg["optimizer"].lower()
-    if name == "sgd":
-        return keras.optimizers.SGD(cfg["learning_rate"], momentum=cfg.get("momentum", 0.0))
-    if name == "adam":
-        try:
-            from models.fersnet import FusedAdam as Adam
-        except ImportError:   # pragma: no cover - fall back to the plain Keras Adam
-            Adam = keras.optimizers.Adam
-        return Adam(cfg["learning_rate"])
-    raise ValueError(f"unknown optimizer {cfg['optimizer']!r} (sgd|adam)")
-
-
 class EpochDecay(keras.callbacks.Callback):
-    """``lr = lr0 * decay ** epoch`` set at the start of each epoch (``lr0`` is the
-    optimizer's lr when training first starts)."""
+    """``lr = lr0 * decay ** epoch`` set at the start of each epoch.
 
-    def __init__(self, decay: float):
+    ``epoch`` is the absolute epoch index of the fit (a resumed fit starts at
+    its ``initial_epoch``) and ``lr0`` the configured learning rate, not the
+    optimizer's current one (a checkpoint restores the optimizer's decayed
+    learning rate), so a resumed fit continues the curve. A callback, not a
+    Keras schedule: the decay steps per *epoch*, and ``build`` is told only
+    the fit's total steps (``cfg["schedule_steps"]``), not the epoch length.
+    """
+
+    def __init__(self, lr0: float, decay: float):
         super().__init__()
+        self.lr0 = float(lr0)
         self.decay = float(decay)
-        self._lr0 = None
-
-    def on_train_begin(self, logs=None):
-        if self._lr0 is None:
-            self._lr0 = float(np.asarray(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate.assign(self._lr0 * self.decay ** epoch)
+        self.model.optimizer.learning_rate.assign(self.lr0 * self.decay ** epoch)
 
 
 # --------------------------------------------------------------------------
@@ -185,8 +162,6 @@ def sample_weights(embedding, emotion, k: int, bank=None):
     """Reachability weights ``W_k`` ([B], no gradient) of the labelled samples of a
     batch; unlabelled samples get 0. With ``bank`` (a
     :class:`models.losses.FeatureMemoryBank`) neighbours come from the bank."""
-    from models.losses import reachability_weights
-
     emb = tf.stop_gradient(tf.cast(embedding, tf.float32))
     y = tf.reshape(tf.cast(emotion, tf.int64), [-1])
     keep = y >= 0
@@ -209,9 +184,7 @@ def ddmtl_loss(logits, embedding, emotion, emotion_mask, partner, same, pair_val
     ``contrastive = 1/|P| sum_(i,j) CL(f_i, f_j)``; ``loss = softmax + beta *
     contrastive``. ``weights`` None means ``W = 1``.
     """
-    from models.losses import contrastive_loss
-
-    ce = per_sample_masked_ce(emotion, logits, emotion_mask)
+    ce = masked_softmax_cross_entropy(emotion, logits, emotion_mask)
     sl = ce["per_sample"]                     # [B]
     sl = tf.cast(tf.reshape(sl, [-1]), tf.float32)
     if weights is not None:
@@ -236,8 +209,6 @@ def build_branch(cfg: Dict[str, Any]) -> keras.Model:
 
     ``probabilities`` is the softmax of the logits restricted to the label set
     seen in training (``models.loss_model.LabelSetMask``, layer ``label_set``)."""
-    from models.layers import LocalResponseNormalization
-
     s = int(cfg["image_size"])
     image = keras.Input((s, s, 1), name="image")
     x = (backbones.PerImageStandardization(name="standardize")(image) if cfg["standardize"]
@@ -270,7 +241,6 @@ class DDMTLModel(LossModel):
         self.cfg = dict(cfg)
         self.bank = None
         if self.cfg["weights_from"] == "bank":
-            from models.losses.contrastive import FeatureMemoryBank
             self.bank = FeatureMemoryBank(self.cfg["bank_size"], self.cfg["embedding_dim"],
                                           name="memory_bank")
         elif self.cfg["weights_from"] not in ("batch", "none"):
@@ -367,5 +337,5 @@ class DDMTL(Method):
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
         if cfg.get("lr_decay", 1.0) != 1.0:
-            return [EpochDecay(cfg["lr_decay"])]
+            return [EpochDecay(cfg["learning_rate"], cfg["lr_decay"])]
         return []

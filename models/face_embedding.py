@@ -24,7 +24,7 @@ trains its own, much smaller, identity network:
   model is frozen (``trainable = False``).
 
 FERSNet uses it as ``L_idt = 1 - cos(emb(G(x, t)), emb(x))`` (see
-``models/fersnet.py``).
+``models/fersnet/``).
 
 Data to train it on
 -------------------

@@ -7,7 +7,7 @@
 * :class:`LabelSetMask` — remembers the union of the emotion label sets seen
   in training and restricts inference outputs to it (an emotion no training
   dataset labels never gets a gradient, so its score is meaningless).
-* :func:`replica_scaled`, :func:`masked_mean` — loss helpers.
+* :func:`replica_scaled` — a loss for optimizers that sum replica gradients.
 """
 
 from __future__ import annotations
@@ -24,12 +24,6 @@ def replica_scaled(loss: tf.Tensor) -> tf.Tensor:
     """``loss / num_replicas``: optimizers sum gradients across replicas."""
     n = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / tf.cast(n, loss.dtype) if n > 1 else loss
-
-
-def masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """``sum(values * weights) / max(sum(weights), 1)`` (0 when nothing is labelled)."""
-    weights = tf.cast(weights, values.dtype)
-    return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="fermtl")

@@ -105,9 +105,12 @@ import numpy as np
 import tensorflow as tf
 
 from components import contract
-from models.base import Method
 from models import backbones
-from models.ddmtl import optimizer_from_cfg
+from models.base import Method
+from models.layers import CReLU, InceptionModule
+from models.losses import CenterLoss, md_loss, multi_dataset_loss
+from models.losses.classification import masked_softmax_cross_entropy
+from models.optimizers import optimizer_from_cfg
 from models.loss_model import LabelSetMask, LossModel
 
 NUM_CLASSES = contract.NUM_EMOTIONS
@@ -169,8 +172,6 @@ def fc_activation(kind: str, name: str) -> keras.layers.Layer:
 
 def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
     """Component CNN ``C_index``: ``image -> {"logits", "features"}``."""
-    from models.layers import CReLU, InceptionModule
-
     s = int(cfg["image_size"])
     image = keras.Input((s, s, 1), name="image")
     f = cfg["conv_filters"]
@@ -241,8 +242,6 @@ class MultiDatasetModel(LossModel):
 
     def __init__(self, net: keras.Model, cfg: Dict[str, Any], **kwargs):
         super().__init__(net, **kwargs)
-        from models.losses import CenterLoss
-
         self.cfg = dict(cfg)
         self.n = int(self.cfg["n_components"])
         self.center_losses = [
@@ -258,15 +257,11 @@ class MultiDatasetModel(LossModel):
 
     def _ce(self, logits, emotion, mask, member):
         """Masked softmax CE of ``logits`` averaged over the samples in ``member``."""
-        from models.baseline import masked_softmax_cross_entropy
-
         return masked_softmax_cross_entropy(_only(emotion, member), logits, mask)["loss"]
 
     def _aux(self, j, features, emotion, member, training):
         """``(L_C, L_MD)`` of component ``j``'s features over ``member`` (0 when
         empty); with ``training`` the centres of component ``j`` move."""
-        from models.losses import md_loss
-
         y = _only(emotion, member)
         layer = self.center_losses[j]
         feats = tf.cast(features, tf.float32)
@@ -302,8 +297,6 @@ class MultiDatasetModel(LossModel):
             total += 0.0 * tf.reduce_sum(tf.convert_to_tensor(
                 self.net.get_layer("integration").lambda_logits))
         else:
-            from models.losses import multi_dataset_loss
-
             per_dataset = []
             for d in range(self.n):
                 member = tf.equal(group, d)
@@ -324,8 +317,6 @@ class MultiDatasetModel(LossModel):
         return self._stage
 
     def compute_batch_loss(self, batch, outputs, training):
-        from models.baseline import masked_softmax_cross_entropy
-
         terms = self.stage_loss(batch, outputs, self._stage, training)
         terms["accuracy"] = masked_softmax_cross_entropy(
             batch["emotion"], outputs["logits"], batch["emotion_mask"])["accuracy"]

@@ -22,6 +22,11 @@ def method_names():
     return tuple(_METHODS)
 
 
+def method_modules() -> Tuple[str, ...]:
+    """The dotted module (or package) path of each method, in ``method_names`` order."""
+    return tuple(module for module, _ in _METHODS.values())
+
+
 def get_method(name: str) -> Method:
     """An instance of the method called ``name``."""
     if name not in _METHODS:

@@ -63,10 +63,12 @@ for such data (absent: the one-hot of ``emotion``). :func:`compound_output_index
 maps a pair to its output column.
 
 Training: SGD (momentum 0.9, Nesterov) with lr 0.05 and exponential decay
-``lr_t = 0.05 * lr_decay_rate ** (t / lr_decay_steps)`` (continuous, driven by
-the optimizer's step count so a resumed run continues it; the decay constants
-are our choice), L2 weight decay 1e-4 (He et al. 2016), padding + random-crop
-augmentation (4 px at 32 x 32, ``crop_padding``) and horizontal flips. Input:
+``lr_t = 0.05 * lr_decay_rate ** (t / lr_decay_steps)`` (``lr_schedule``
+``exponential``: Keras ``ExponentialDecay``, :mod:`models.optimizers`;
+continuous, driven by the optimizer's step count so a resumed run continues
+it; the decay constants are our choice), L2 weight decay 1e-4 (He et al.
+2016), padding + random-crop augmentation (4 px at 32 x 32,
+``crop_padding``) and horizontal flips. Input:
 32 x 32 gray faces (``image_size``), standardised per image inside the model
 (``standardize``, part of the exported graph).
 
@@ -91,9 +93,10 @@ import tensorflow as tf
 from components import contract
 from models import backbones
 from models.base import Method
-from models.losses import selective_sigmoid_cross_entropy
+from models.losses import masked_mean, selective_sigmoid_cross_entropy
+from models.optimizers import optimizer_from_cfg
 from models.augment import random_pad_crop
-from models.loss_model import LabelSetMask, LossModel, masked_mean
+from models.loss_model import LabelSetMask, LossModel
 
 NUM_BASE_OUTPUTS = contract.NUM_EMOTIONS + contract.NUM_AUS  # 25
 BASIC6: tuple = contract.EMOTIONS[:6]
@@ -264,7 +267,8 @@ class SJMTModel(LossModel):
 
 # Paper settings shared by all presets (Pons & Masip 2018; He et al. 2016).
 _COMMON = dict(image_size=32, standardize=True, crop_padding=4, flip=True, optimizer="sgd",
-               momentum=0.9, learning_rate=0.05, pool_grid=1, stem_stride=1, au_threshold=None,
+               momentum=0.9, nesterov=True, learning_rate=0.05, lr_schedule="exponential",
+               pool_grid=1, stem_stride=1, au_threshold=None,
                compound=False, compound_pairs=None, compound_datasets=(), jit_compile=False)
 
 
@@ -329,16 +333,8 @@ class SJMT(Method):
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = SJMTModel(self.build_net(cfg), cfg, name="sjmt")
-        lr = keras.optimizers.schedules.ExponentialDecay(
-            cfg["learning_rate"], decay_steps=cfg["lr_decay_steps"],
-            decay_rate=cfg["lr_decay_rate"])
-        if cfg["optimizer"] == "sgd":
-            opt = keras.optimizers.SGD(lr, momentum=cfg["momentum"], nesterov=True)
-        elif cfg["optimizer"] == "adam":
-            opt = keras.optimizers.Adam(lr)
-        else:
-            raise ValueError(f"sjmt: unknown optimizer {cfg['optimizer']!r} (sgd | adam)")
-        model.compile(optimizer=opt, jit_compile=cfg.get("jit_compile", False))
+        model.compile(optimizer=optimizer_from_cfg(cfg),
+                      jit_compile=cfg.get("jit_compile", False))
         return model
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:

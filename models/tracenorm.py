@@ -83,8 +83,9 @@ Interpretation choices (the papers leave these open):
   that set (all 8 emotions before any training), so logits never trained
   (e.g. ``contempt`` with 7-class data) get probability 0.
 * Optimiser: SGD with momentum 0.9, constant lr 0.01 (paper preset);
-  the small preset uses Adam (lr 2e-3, cosine decay to 0 over the fit,
-  :class:`models.training.CosineLR`) so that a few CPU epochs suffice. The
+  the small preset uses Adam (lr 2e-3, Keras ``CosineDecay`` to 0 over the
+  fit's ``schedule_steps``, :func:`models.optimizers.learning_rate`) so that a
+  few CPU epochs suffice. The
   trace-norm strength ``mu``, landmark weight ``alpha`` and adversarial
   weight ``beta`` are not given by the paper and are our choice.
 * **Small preset**: the paper's topology (33 convs, 96 px, 3x3 pool) at width
@@ -111,8 +112,8 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.layers import DANNLambdaSchedule, GradientReversal, TraceNormRegularizer
+from models.optimizers import optimizer_from_cfg
 from models.loss_model import LabelSetMask, LossModel
-from models.training import lr_schedule_callbacks
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 NUM_LANDMARK_COORDS = 2 * contract.NUM_LANDMARKS
@@ -172,15 +173,6 @@ def _trace_regularizer(cfg: Dict[str, Any]) -> TraceNormRegularizer:
     return TraceNormRegularizer(float(cfg["trace_norm_strength"]), kind=cfg["trace_norm_kind"],
                                 svd=cfg["trace_norm_svd"], gammas=cfg["trace_norm_gammas"],
                                 rank=cfg["trace_norm_rank"])
-
-
-def _optimizer(cfg: Dict[str, Any]) -> keras.optimizers.Optimizer:
-    name = cfg["optimizer"].lower()
-    if name == "sgd":
-        return keras.optimizers.SGD(cfg["learning_rate"], momentum=cfg["momentum"])
-    if name == "adam":
-        return keras.optimizers.Adam(cfg["learning_rate"])
-    raise ValueError(f"tracenorm: unknown optimizer {cfg['optimizer']!r} (sgd|adam)")
 
 
 def build_network(cfg: Dict[str, Any]) -> keras.Model:
@@ -438,7 +430,7 @@ class TraceNormMTL(Method):
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = TraceNormMTLModel(cfg, name="tracenorm")
-        model.compile(optimizer=_optimizer(cfg), jit_compile=False)
+        model.compile(optimizer=optimizer_from_cfg(cfg), jit_compile=False)
         return model
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
@@ -450,12 +442,11 @@ class TraceNormMTL(Method):
                            name="tracenorm_inference")
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        cbs: List[keras.callbacks.Callback] = lr_schedule_callbacks(cfg)
-        if len(cfg["datasets"]) >= 2 and cfg["ada_weight"]:
-            # the ramp's length is re-read from the running fit (DANNRamp.on_train_begin)
-            total = max(int(steps_per_epoch or 0) * int(cfg["epochs"]), 1)
-            cbs.append(DANNRamp(total, cfg["ada_gamma"], cfg["ada_max_lambda"]))
-        return cbs
+        if len(cfg["datasets"]) < 2 or not cfg["ada_weight"]:
+            return []
+        # the ramp's length is re-read from the running fit (DANNRamp.on_train_begin)
+        total = max(int(steps_per_epoch or 0) * int(cfg["epochs"]), 1)
+        return [DANNRamp(total, cfg["ada_gamma"], cfg["ada_max_lambda"])]
 
     def trace_norm_rates(self, model: keras.Model) -> List[float]:
         """The 33 per-layer trace-norm decrease rates ``||W_l||_* / ||W_l||_*(init)``."""
@@ -472,6 +463,8 @@ def trace_norm_decrease_plot(rates, path, title: Optional[str] = None) -> str:
     several runs (grouped bars, e.g. LAF / Tucker / TT). Writes a PNG to
     ``path`` (matplotlib Agg) and returns the path.
     """
+    # late: only this figure needs matplotlib (and its Agg backend must be
+    # chosen before pyplot loads); training the method does not import it
     import matplotlib
 
     matplotlib.use("Agg")

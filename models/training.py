@@ -116,47 +116,6 @@ def epochs_done(backup_dir: Optional[str]) -> int:
 
 
 # --------------------------------------------------------------------------- #
-# learning-rate schedule (to be replaced by keras CosineDecay)
-# --------------------------------------------------------------------------- #
-class CosineLR(keras.callbacks.Callback):
-    """``lr_t = lr_0 (1 + cos(pi t / T)) / 2`` set before every batch (Loshchilov &
-    Hutter 2017, SGDR without restarts); ``T = epochs x steps`` of the running
-    ``fit`` and ``t = epoch x steps + batch``, so a resumed fit continues the curve."""
-
-    def __init__(self, initial_lr: float):
-        super().__init__()
-        self.initial_lr = float(initial_lr)
-        self._steps = self._total = None
-        self._epoch = 0
-
-    def on_train_begin(self, logs=None):
-        params = self.params or {}
-        self._steps = int(params.get("steps") or 0) or None
-        if self._steps:
-            self._total = self._steps * int(params.get("epochs") or 1)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = int(epoch)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if not self._total:
-            return
-        t = min((self._epoch * self._steps + int(batch)) / self._total, 1.0)
-        self.model.optimizer.learning_rate.assign(self.initial_lr * 0.5 * (1.0 + np.cos(np.pi * t)))
-
-
-def lr_schedule_callbacks(cfg: Dict[str, Any]) -> List[keras.callbacks.Callback]:
-    """The callbacks of ``cfg["lr_schedule"]``: ``constant`` (none) or ``cosine``."""
-    if cfg["lr_schedule"] == "cosine":
-        return [CosineLR(cfg["learning_rate"])]
-    if cfg["lr_schedule"] != "constant":
-        raise ValueError(f"{cfg.get('method', 'method')}: lr_schedule must be 'constant' or "
-                         f"'cosine', got {cfg['lr_schedule']!r}")
-    return []
-
-
-
-# --------------------------------------------------------------------------- #
 # fit / predict / evaluate
 # --------------------------------------------------------------------------- #
 @dataclasses.dataclass

@@ -216,7 +216,7 @@ def synthesis_grid_plot(model, faces, path, title: str = "Synthesized expression
 def accuracy_bars(summary: Sequence[Mapping[str, Any]], path,
                   title: str = "Accuracy per method") -> str:
     """Bars of ``accuracy_mean`` (± ``accuracy_std``) and ``balanced_mean`` per
-    method (the rows of :func:`pipeline.benchmark.summarize`)."""
+    method (the rows of :func:`benchmarks.tables.summarize`)."""
     if not summary:
         raise ValueError("no results to plot")
     plt = _plt()

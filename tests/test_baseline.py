@@ -1,6 +1,6 @@
 """Single-task baseline (models/baseline.py) and the shared training loop
-(models/training.py): masked softmax, learning on held-out synthetic
-subjects, save/load, export, checkpoint resume, evaluate. CPU, small preset.
+(models/training.py): learning on held-out synthetic subjects, save/load,
+export, checkpoint resume, the cosine schedule, evaluate. CPU, small preset.
 
 One baseline is trained per module (fixture ``trained``) and shared.
 """
@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from components import contract
-from models import baseline, preprocessing, training
+from models import augment, baseline, loss_model, preprocessing, training
 from tests.method_helpers import chance, synthetic_split
 
 SIZE = 48
@@ -46,27 +46,8 @@ def _images(samples):
 # --------------------------------------------------------------------------- #
 # unit tests (no training)
 # --------------------------------------------------------------------------- #
-def test_masked_softmax_ignores_labels_outside_the_label_set():
-    logits = tf.Variable(tf.random.stateless_normal([3, 8], seed=[1, 2]))
-    emotion = tf.constant([3, 0, -1], tf.int64)
-    mask = np.zeros((3, 8), np.float32)
-    mask[0, :7] = 1  # a 7-class dataset
-    mask[1, [0, 3, 5]] = 1  # a 3-class dataset
-    with tf.GradientTape() as tape:
-        out = baseline.masked_softmax_cross_entropy(emotion, logits, mask)
-    grad = tape.gradient(out["loss"], logits).numpy()
-    # Logits outside a sample's label set, and the unlabelled sample, get no gradient.
-    assert (grad[mask == 0] == 0).all()
-    assert (grad[2] == 0).all()
-    # The loss is the mean CE of the two labelled samples over their label sets.
-    z = logits.numpy()
-    ref = [-np.log(np.exp(z[0, 3]) / np.exp(z[0, :7]).sum()),
-           -np.log(np.exp(z[1, 0]) / np.exp(z[1, [0, 3, 5]]).sum())]
-    np.testing.assert_allclose(out["loss"].numpy(), np.mean(ref), rtol=1e-5)
-
-
 def test_label_set_mask_restricts_inference_to_seen_labels():
-    layer = training.LabelSetMask(8, fill=-1e9)
+    layer = loss_model.LabelSetMask(8, fill=-1e9)
     x = tf.ones([2, 8])
     np.testing.assert_array_equal(layer(x).numpy(), x.numpy())  # nothing seen yet
     layer.update(tf.constant([[1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]], tf.float32))
@@ -76,7 +57,7 @@ def test_label_set_mask_restricts_inference_to_seen_labels():
 
 def test_random_pad_crop_is_an_integer_shift():
     x = tf.reshape(tf.range(2 * 6 * 6, dtype=tf.float32), [2, 6, 6, 1]) + 1.0
-    y = training.random_pad_crop(x, 2).numpy()
+    y = augment.random_pad_crop(x, 2).numpy()
     padded = np.pad(x.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
     for i in range(2):
         hits = [(dy, dx) for dy in range(5) for dx in range(5)
@@ -139,8 +120,10 @@ def test_exported_signature_answers_raw_images(trained, split, tmp_path):
 
 
 def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
-    """``lr_schedule: cosine``: lr_t = lr_0 (1 + cos(pi t / T)) / 2 with T = epochs x
-    steps, continued (not restarted) by a resumed fit."""
+    """``lr_schedule: cosine`` (Loshchilov & Hutter 2017, Eq. 5 with eta_min = 0):
+    lr_t = lr_0 (1 + cos(pi t / T)) / 2 with T = epochs x steps of the planned fit
+    (``cfg["schedule_steps"]``) and t the optimizer's step count, which the
+    checkpoint restores: a resumed fit continues the curve, it does not restart it."""
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -158,8 +141,11 @@ def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
                                rtol=1e-5)                            # first fit: T = 2 x 4
     np.testing.assert_allclose(seen[2 * steps:], 0.005 * (1 + np.cos(np.pi * t[8:] / 12)),
                                rtol=1e-5)                            # resumed: T = 3 x 4
+    method = baseline.BaselineCNN()
     with pytest.raises(ValueError, match="lr_schedule"):
-        baseline.BaselineCNN().callbacks(dict(lr_schedule="step", method="baseline"), 1)
+        method.build(method.config("small", lr_schedule="step"))
+    with pytest.raises(ValueError, match="schedule_steps"):      # cosine of an unknown length
+        method.build(method.config("small", lr_schedule="cosine"))
 
 
 def test_checkpoint_resume_continues(trained, split, tmp_path):

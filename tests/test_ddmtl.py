@@ -19,6 +19,7 @@ import tensorflow as tf
 from components import contract, synthetic
 from models import ddmtl as D
 from models import inputs
+from models.losses import masked_softmax_cross_entropy
 from tests.method_helpers import accuracy, assert_export_answers_raw_images, chance, images_of
 
 SIZE = 50
@@ -109,7 +110,7 @@ def test_weights_scale_the_softmax_terms_only():
     # Eq. 1 by hand: sum over pairs of W_i SLoss_i + W_j SLoss_j, over |P|
     w = np.random.default_rng(1).uniform(0.2, 2.0, 32).astype(np.float32)
     got = D.ddmtl_loss(logits, emb, y, mask, partner, same, valid, tf.constant(w), 0.0, 1.0)
-    sl = np.asarray(D.per_sample_masked_ce(y, logits, mask)["per_sample"])
+    sl = np.asarray(masked_softmax_cross_entropy(y, logits, mask)["per_sample"])
     p, v = np.asarray(partner), np.asarray(valid)
     expect = sum(w[i] * sl[i] + w[p[i]] * sl[p[i]] for i in np.flatnonzero(v)) / v.sum()
     np.testing.assert_allclose(float(got["softmax"]), expect, rtol=1e-5)
@@ -215,12 +216,17 @@ def test_paper_preset_builds():
 
 
 def test_epoch_decay_multiplies_lr_each_epoch():
+    """``lr = lr0 * decay ** epoch``; a resumed fit (a new callback, the optimizer's
+    learning rate restored decayed from the checkpoint) continues the curve."""
     class Fake:
         optimizer = keras.optimizers.SGD(0.05)
 
-    cb = D.EpochDecay(0.9)
+    cb = D.EpochDecay(0.05, 0.9)
     cb.set_model(Fake())
-    cb.on_train_begin()
     for epoch in range(3):
         cb.on_epoch_begin(epoch)
         assert float(Fake.optimizer.learning_rate) == pytest.approx(0.05 * 0.9 ** epoch)
+    resumed = D.EpochDecay(0.05, 0.9)       # lr is now 0.05 * 0.9 ** 2, as restored
+    resumed.set_model(Fake())
+    resumed.on_epoch_begin(3)
+    assert float(Fake.optimizer.learning_rate) == pytest.approx(0.05 * 0.9 ** 3)

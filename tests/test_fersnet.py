@@ -1,8 +1,8 @@
-"""FERSNet (models/fersnet.py) and its face-identity embedding
+"""FERSNet (models/fersnet/) and its face-identity embedding
 (models/face_embedding.py): CPU, small preset, synthetic faces.
 
 Default run (``make test``, ~1 min): unit tests (pairing, augmentation, the
-lambda4 ramp, fused BN / Adam), then one *short* FERSNet fit (fixture
+lambda4 ramp), then one *short* FERSNet fit (fixture
 ``short_fit``, 2 epochs) shared by the mechanics checks: losses go down,
 save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
 
@@ -22,10 +22,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import synthesis as S
 from components import contract
 from models import face_embedding as fe
 from models import fersnet as F
 from models import inputs
+from models.fersnet.fes import decode_faces, fes_training_dataset
+from models.fersnet.losses import pixel_loss
 from tests.method_helpers import accuracy, chance, synthetic_split
 
 SIZE = 64                 # the small preset's image size
@@ -69,7 +72,7 @@ def trained(split, emb_path):
 
 
 def _images(samples):
-    return F._decode_to_size(samples, SIZE)
+    return decode_faces(samples, SIZE)
 
 
 # --------------------------------------------------------------------------- #
@@ -211,9 +214,9 @@ def test_pixel_loss_matches_numpy(kind):
     a, b = (rng.uniform(size=(4, 6, 6, 1)).astype(np.float32) for _ in range(2))
     d = a - b
     ref = (np.abs(d) if kind == "l1" else d ** 2).mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(np.asarray(F._pixel_loss(a, b, kind)), ref, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pixel_loss(a, b, kind)), ref, rtol=1e-6)
     with pytest.raises(ValueError, match="recon_loss"):
-        F._pixel_loss(a, b, "huber")
+        pixel_loss(a, b, "huber")
 
 
 def test_aligned_jobs_and_synthesis_scores():
@@ -225,8 +228,8 @@ def test_aligned_jobs_and_synthesis_scores():
 
     samples = [sample("a", "s1", 0), sample("a", "s1", 3), sample("a", "s2", 6),
                sample("b", "s1", 3), sample("b", "s1", 6), sample("b", "s1", -1)]
-    assert F.capture_sequences(samples) == [{0: 0, 3: 1}, {6: 2}, {3: 3, 6: 4}]
-    jobs = F.aligned_synthesis_jobs(samples)
+    assert S.capture_sequences(samples) == [{0: 0, 3: 1}, {6: 2}, {3: 3, 6: 4}]
+    jobs = S.aligned_synthesis_jobs(samples)
     assert jobs.tolist() == [[0, 3, 1], [1, 0, 0], [3, 6, 4], [4, 3, 3]]
 
     labels = [0, 3, 6, 3, 6, -1]
@@ -242,7 +245,7 @@ def test_aligned_jobs_and_synthesis_scores():
     def oracle(images):
         return {"probabilities": real_probs if len(images) == len(x) else fake_probs}
 
-    s = F.synthesis_scores(oracle, x, labels, fakes, jobs, n_expressions=7)
+    s = S.synthesis_scores(oracle, x, labels, fakes, jobs, n_expressions=7)
     # targets 3, 0, 6, 3; argmax 0, 6, 3, 3; without the source (0, 3, 3, 6): 3, 6, 6, 3
     assert s["pairs"] == 4 and s["hit"] == 0.25 and s["hit_excluding_source"] == 0.75
     assert s["chance"] == pytest.approx(1 / 7) and s["chance_excluding_source"] == pytest.approx(1 / 6)
@@ -251,30 +254,6 @@ def test_aligned_jobs_and_synthesis_scores():
     assert s["p_target_real_source"] == pytest.approx(0.01)
     assert s["l1_fake_source"] == pytest.approx(0.05)
     assert s["l1_source_target"] == pytest.approx(np.abs(x[jobs[:, 0]] - x[jobs[:, 2]]).mean())
-
-
-def test_fused_batch_norm_matches_keras():
-    x = tf.random.stateless_normal([4, 5, 5, 3], seed=[1, 2]) * 2.0 + 1.0
-    ref = keras.layers.BatchNormalization(momentum=0.9, scale=False)
-    ours = F.FusedBatchNorm(momentum=0.9, scale=False)
-    np.testing.assert_allclose(ref(x, training=True), ours(x, training=True), atol=1e-5)
-    np.testing.assert_allclose(ref.moving_mean, ours.moving_mean, atol=1e-6)
-    np.testing.assert_allclose(ref.moving_variance, ours.moving_variance, atol=1e-5)
-    np.testing.assert_allclose(ref(x, training=False), ours(x, training=False), atol=1e-5)
-
-
-def test_fused_adam_matches_keras_adam():
-    rng = np.random.default_rng(0)
-    w0 = rng.normal(size=(3, 4)).astype(np.float32)
-    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
-    out = []
-    for opt in (keras.optimizers.Adam(0.01, beta_1=0.5), F.FusedAdam(0.01, beta_1=0.5)):
-        v = keras.Variable(w0)
-        opt.build([v])
-        for g in grads:
-            opt.apply([tf.constant(g)], [v])
-        out.append(np.asarray(v))
-    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
 
 
 def test_face_embedding_is_frozen_and_separates_new_subjects(emb_path, split):
@@ -376,8 +355,8 @@ def synthesis_run():
     train, test = synthetic_split(SYN_TRAIN, N_TEST, size=SIZE)
     _, model, _, _ = training.train(F.FERSNet(), train, test, preset="small",
                                     epochs=SYN_EPOCHS, seed=0)
-    oracle = F.expression_oracle(train + test, SIZE, epochs=6, seed=1)
-    scores, x, fakes, jobs = F.judge_synthesis(model, oracle, test)
+    oracle = S.expression_oracle(train + test, SIZE, epochs=6, seed=1)
+    scores, x, fakes, jobs = S.judge_synthesis(model, oracle, test)
     return scores, x, fakes, jobs, test
 
 
@@ -418,8 +397,8 @@ def test_judge_synthesis_scores_the_models_fakes(short_fit, split):
         seen.append(np.asarray(images))
         return {"probabilities": np.full((len(images), len(contract.EMOTIONS)), 0.125)}
 
-    scores, x, fakes, jobs = F.judge_synthesis(model, oracle, samples)
-    np.testing.assert_array_equal(jobs, F.aligned_synthesis_jobs(samples))
+    scores, x, fakes, jobs = S.judge_synthesis(model, oracle, samples)
+    np.testing.assert_array_equal(jobs, S.aligned_synthesis_jobs(samples))
     assert len(jobs) > 0 and scores["pairs"] == len(jobs)
     np.testing.assert_allclose(x, _images(samples))
     np.testing.assert_allclose(fakes, F.synthesize(model, x[jobs[:, 0]], jobs[:, 1]), atol=1e-6)
@@ -475,7 +454,7 @@ def test_fes_on_model_input_batches_matches_samples(short_fit, split):
     assert len(arrays["emotion"]) == len(expected)
     assert sorted(arrays["emotion"].tolist()) == sorted(s.emotion for s in expected)
     assert arrays["image"].dtype == np.uint8 and arrays["image"].shape[1:] == (SIZE, SIZE, 1)
-    ds, steps = F.fes_training_dataset(batches, arrays, batch_size=8)
+    ds, steps = fes_training_dataset(batches, arrays, batch_size=8)
     assert steps == (len(faces) + len(expected)) // 8
     batch = next(iter(ds))
     assert batch["image"].shape == (8, SIZE, SIZE, 1) and batch["image"].dtype == tf.float32

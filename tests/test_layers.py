@@ -12,6 +12,7 @@ from models.layers import (
     ConvFLUTransfer,
     CReLU,
     DANNLambdaSchedule,
+    FusedBatchNorm,
     GradientReversal,
     InceptionModule,
     LocalResponseNormalization,
@@ -189,6 +190,47 @@ def test_inception_matches_numpy():
     np.testing.assert_allclose(layer(x).numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
+def np_batch_norm(x, gamma, beta, mean, var, eps):
+    """Ioffe & Szegedy 2015, Algorithm 1: ``gamma (x - mean) / sqrt(var + eps) + beta``."""
+    return gamma * (x - mean) / np.sqrt(var + eps) + beta
+
+
+def test_fused_batch_norm_matches_numpy_and_keras():
+    """Batch normalization (Ioffe & Szegedy 2015, Algorithm 1) per channel of NHWC
+    maps: training normalises with the batch mean and (biased) variance over N, H,
+    W and updates ``moving = momentum * moving + (1 - momentum) * batch`` (the Keras
+    convention); inference normalises with the moving statistics."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 5, 5, 3)) * 2.0 + 1.0).astype(np.float32)
+    eps, m = 1e-3, 0.9
+    layer = FusedBatchNorm(momentum=m, epsilon=eps)
+    y = np.asarray(layer(x, training=True))
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, np_batch_norm(x, 1.0, 0.0, mean, var, eps), atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean, (1 - m) * mean, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance, m + (1 - m) * var, atol=1e-5)
+    gamma, beta = np.array([2.0, 0.5, 1.0], np.float32), np.array([0.1, -1.0, 3.0], np.float32)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    np.testing.assert_allclose(
+        layer(x, training=False),
+        np_batch_norm(x, gamma, beta, np.asarray(layer.moving_mean),
+                      np.asarray(layer.moving_variance), eps), atol=1e-4)
+    # the same as keras.layers.BatchNormalization (without scale), both modes
+    ref = keras.layers.BatchNormalization(momentum=m, scale=False)
+    ours = FusedBatchNorm(momentum=m, scale=False)
+    np.testing.assert_allclose(ref(x, training=True), ours(x, training=True), atol=1e-5)
+    np.testing.assert_allclose(ref.moving_variance, ours.moving_variance, atol=1e-5)
+    np.testing.assert_allclose(ref(x, training=False), ours(x, training=False), atol=1e-5)
+    # by hand: one channel holding 0 and 2: mean 1, variance 1 -> -+1 / sqrt(1 + eps)
+    two = FusedBatchNorm(momentum=m, epsilon=eps)
+    out = np.asarray(two(np.array([0.0, 2.0], np.float32).reshape(2, 1, 1, 1), training=True))
+    np.testing.assert_allclose(out.ravel(), [-1 / np.sqrt(1 + eps), 1 / np.sqrt(1 + eps)],
+                               rtol=1e-5)
+    np.testing.assert_allclose([float(two.moving_mean[0]), float(two.moving_variance[0])],
+                               [0.1, 1.0], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- config + saving
 LAYERS = [
     lambda: ConvFLU(kernel_size=3, return_gates=True, name="f"),
@@ -197,6 +239,7 @@ LAYERS = [
     lambda: CReLU(axis=2),
     lambda: LocalResponseNormalization(3, 2.0, 1e-3, 0.5),
     lambda: InceptionModule(1, 2, 3, 4, 5, 6, activation="tanh"),
+    lambda: FusedBatchNorm(momentum=0.9, epsilon=1e-4, scale=False),
 ]
 
 

@@ -13,11 +13,42 @@ from models.losses import (
     FeatureMemoryBank,
     SelectiveSigmoidCrossEntropy,
     contrastive_loss,
+    masked_softmax_cross_entropy,
     md_loss,
     multi_dataset_loss,
     reachability_weights,
     selective_sigmoid_cross_entropy,
 )
+
+
+# ---------------------------------------------------------------- masked softmax CE
+def test_masked_softmax_ignores_labels_outside_the_label_set():
+    """``z'_c = z_c`` where ``emotion_mask_c = 1`` else -1e9, ``L = mean over
+    samples with emotion >= 0 of -log softmax(z')_y`` (models/losses/classification.py)."""
+    logits = tf.Variable(tf.random.stateless_normal([3, 8], seed=[1, 2]))
+    emotion = tf.constant([3, 0, -1], tf.int64)
+    mask = np.zeros((3, 8), np.float32)
+    mask[0, :7] = 1  # a 7-class dataset
+    mask[1, [0, 3, 5]] = 1  # a 3-class dataset
+    with tf.GradientTape() as tape:
+        out = masked_softmax_cross_entropy(emotion, logits, mask)
+    grad = tape.gradient(out["loss"], logits).numpy()
+    # Logits outside a sample's label set, and the unlabelled sample, get no gradient.
+    assert (grad[mask == 0] == 0).all()
+    assert (grad[2] == 0).all()
+    # The loss is the mean CE of the two labelled samples over their label sets.
+    z = logits.numpy()
+    ref = [-np.log(np.exp(z[0, 3]) / np.exp(z[0, :7]).sum()),
+           -np.log(np.exp(z[1, 0]) / np.exp(z[1, [0, 3, 5]]).sum())]
+    np.testing.assert_allclose(out["loss"].numpy(), np.mean(ref), rtol=1e-5)
+    np.testing.assert_allclose(out["per_sample"].numpy(), ref + [0.0], rtol=1e-5)
+    correct = [z[0, :7].argmax() == 3, z[1, [0, 3, 5]].argmax() == 0]
+    np.testing.assert_allclose(out["accuracy"].numpy(), np.mean(correct))
+    # by hand: logits (0, ln 3) on a 2-class set, label 0: -log(1 / (1 + 3)) = ln 4
+    hand = masked_softmax_cross_entropy(tf.constant([0]), tf.constant([[0.0, np.log(3.0), 5.0]]),
+                                        tf.constant([[1.0, 1.0, 0.0]]))
+    assert float(hand["loss"]) == pytest.approx(np.log(4.0), rel=1e-6)
+    assert float(hand["accuracy"]) == 0.0
 
 
 # ---------------------------------------------------------------- selective sigmoid

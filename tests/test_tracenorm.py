@@ -64,10 +64,11 @@ def trained(data):
     method = registry.get_method("tracenorm")
     cfg = method.config("small", datasets=list(data["datasets"]))
     assert cfg["image_size"] == SIZE
+    steps = len(data["train"]) // cfg["batch_size"]
+    cfg["schedule_steps"] = EPOCHS * steps        # the cosine schedule's length
     model = method.build(cfg)
     ds = inputs.dataset_from_samples(data["train"], SIZE, cfg["batch_size"], data["datasets"],
                                      training=True, seed=0, repeat=True)
-    steps = len(data["train"]) // cfg["batch_size"]
     history = model.fit(ds, epochs=EPOCHS, steps_per_epoch=steps,
                         callbacks=method.callbacks(cfg, steps), verbose=0)
     return method, model, cfg, history

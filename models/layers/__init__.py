@@ -2,6 +2,7 @@
 
 from models.layers.convflu import ConvFLU, ConvFLUTransfer
 from models.layers.crelu import CReLU
+from models.layers.fused_batch_norm import FusedBatchNorm
 from models.layers.gradient_reversal import DANNLambdaSchedule, GradientReversal, dann_lambda
 from models.layers.inception import InceptionModule
 from models.layers.lrn import LocalResponseNormalization
@@ -18,6 +19,7 @@ __all__ = [
     "ConvFLU",
     "ConvFLUTransfer",
     "CReLU",
+    "FusedBatchNorm",
     "GradientReversal",
     "DANNLambdaSchedule",
     "dann_lambda",

@@ -1,6 +1,7 @@
 """fer-mtl losses of the seed papers (Keras classes registered under package "fermtl")."""
 
 from models.losses.center import CenterLoss, md_loss, multi_dataset_loss
+from models.losses.classification import masked_mean, masked_softmax_cross_entropy
 from models.losses.contrastive import (
     ContrastiveLoss,
     FeatureMemoryBank,
@@ -16,6 +17,8 @@ __all__ = [
     "CenterLoss",
     "md_loss",
     "multi_dataset_loss",
+    "masked_mean",
+    "masked_softmax_cross_entropy",
     "ContrastiveLoss",
     "FeatureMemoryBank",
     "contrastive_loss",
