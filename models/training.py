@@ -206,11 +206,10 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
 
 
 def predict(method: Method, model: keras.Model, cfg: Dict[str, Any],
-            examples: Union[tf.data.Dataset, "Data"], batch_size: int = 64):
+            examples: "Data", batch_size: int = 64):
     """Yield ``(batch, outputs)`` (numpy dicts) of the inference model over
-    examples (a source of ``models.inputs``, or samples / contract TFRecords)."""
-    if not isinstance(examples, tf.data.Dataset):
-        examples = examples_of(examples, cfg)
+    examples (:data:`Data`)."""
+    examples = examples_of(examples, cfg)
     infer = method.inference_model(model, cfg)
     for batch in inputs.batches(examples, batch_size, cache=False):
         out = infer(batch["image"], training=False)
@@ -219,7 +218,7 @@ def predict(method: Method, model: keras.Model, cfg: Dict[str, Any],
 
 
 def evaluate(method: Method, model: keras.Model, cfg: Dict[str, Any],
-             examples: Union[tf.data.Dataset, "Data"], batch_size: int = 64) -> Dict[str, Any]:
+             examples: "Data", batch_size: int = 64) -> Dict[str, Any]:
     """Metrics of the inference model on labelled examples:
     ``models.metrics.emotion_metrics`` (accuracy, balanced accuracy, per-class
     recall/precision, confusion matrix, count) plus, when the method predicts
@@ -246,7 +245,9 @@ def evaluate(method: Method, model: keras.Model, cfg: Dict[str, Any],
 # --------------------------------------------------------------------------- #
 # the core on in-memory samples or contract TFRecords
 # --------------------------------------------------------------------------- #
-Data = Union[Sequence[contract.FaceSample], str, Sequence[str]]
+#: Samples, contract TFRecord path(s) / globs / directories, or a dataset of
+#: single model-input examples (already decoded).
+Data = Union[Sequence[contract.FaceSample], str, Sequence[str], tf.data.Dataset]
 
 
 def _is_samples(data) -> bool:
@@ -285,6 +286,8 @@ def dataset_names(data: Data, compression: Optional[str] = None) -> Tuple[str, .
     """Sorted dataset names found in samples or contract TFRecord files."""
     if _is_samples(data):
         return tuple(sorted({s.dataset for s in data}))
+    if isinstance(data, tf.data.Dataset):
+        raise ValueError("a dataset of decoded examples has no dataset names: pass datasets")
     spec = {"dataset": tf.io.FixedLenFeature([], tf.string)}
     names = set()
     for batch in _records(data, compression).batch(1024).map(
@@ -296,7 +299,9 @@ def dataset_names(data: Data, compression: Optional[str] = None) -> Tuple[str, .
 def examples_of(data: Data, cfg: Dict[str, Any],
                 compression: Optional[str] = None) -> tf.data.Dataset:
     """Model-input examples of samples or contract TFRecords for ``cfg``
-    (its ``image_size`` and ``datasets``)."""
+    (its ``image_size`` and ``datasets``); a dataset of examples is returned as is."""
+    if isinstance(data, tf.data.Dataset):
+        return data
     return inputs.raw_source(_records(data, compression), int(cfg["image_size"]),
                              cfg.get("datasets", ()))
 
@@ -310,9 +315,8 @@ def train(method_name: Union[str, Method], train_data: Data,
           callbacks: Iterable[keras.callbacks.Callback] = (), seed: int = 0,
           compression: Optional[str] = None, validation_freq: int = 1,
           post_fit: bool = True):
-    """:func:`fit` on a list of ``FaceSample`` or contract TFRecord path(s) /
-    globs / directories (GZIP detected from ``.gz``, or pass ``compression``);
-    returns ``(method, model, cfg, history)``.
+    """:func:`fit` on :data:`Data` (for TFRecords GZIP is detected from
+    ``.gz``, or pass ``compression``); returns ``(method, model, cfg, history)``.
 
     ``datasets`` fixes the order behind ``dataset_id`` (default: the sorted
     dataset names of the training data; stored in ``cfg["datasets"]``).

@@ -149,10 +149,11 @@ def test_cosine_schedule_follows_the_formula_and_resumes(split, tmp_path):
 
 
 def test_checkpoint_resume_continues(trained, split, tmp_path):
+    """Keras ``BackupAndRestore`` in the core: the backup records the epochs done
+    and the optimizer state, a later call with more epochs runs only the rest."""
     method, model, cfg, _, ckpt = trained
-    done, path = training.latest_checkpoint(ckpt)
-    assert done == EPOCHS and os.path.exists(path)
-    assert len([f for f in os.listdir(ckpt) if f.endswith(".weights.h5")]) == 3  # max_to_keep
+    assert training.epochs_done(ckpt) == EPOCHS
+    assert os.path.exists(os.path.join(ckpt, training.BACKUP_WEIGHTS))
     steps = len(split[0]) // BATCH
     assert int(model.optimizer.iterations.numpy()) == EPOCHS * steps
     # A second call resumes from epoch EPOCHS: one more epoch, optimizer state
@@ -168,7 +169,8 @@ def test_checkpoint_resume_continues(trained, split, tmp_path):
     assert rcfg["datasets"] == cfg["datasets"] == ["synth_lab", "synth_wild"]
     assert len(history.history["loss"]) == 1
     assert int(resumed.optimizer.iterations.numpy()) == (EPOCHS + 1) * steps
-    # Asking for epochs already done trains nothing and returns the checkpoint.
+    assert training.epochs_done(ckpt) == EPOCHS + 1
+    # Asking for epochs already done trains nothing and returns the backup.
     _, again, _, history = training.train("baseline", split[0], preset="small",
                                           epochs=EPOCHS + 1, batch_size=BATCH,
                                           checkpoint_dir=ckpt)

@@ -1,6 +1,7 @@
-"""`fermtl benchmark` (pipeline/benchmark.py) and the figures (pipeline/figures.py):
-protocols on synthetic faces, the results table, every figure function, and
-one tiny end-to-end run of the command (k-fold, resumable)."""
+"""`fermtl benchmark` (benchmarks/protocols.py, benchmarks/tables.py) and the
+figures (pipeline/figures.py): folds on data prepared by the pipeline's own data
+components, the results table, every figure function, and one tiny end-to-end
+run of the command (k-fold, resumable)."""
 
 from __future__ import annotations
 
@@ -10,70 +11,76 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from benchmarks import protocols as B
+from benchmarks import tables
 from components import contract, synthetic
-from components.ingestion import splits as splits_lib
-from pipeline import benchmark as B
+from components.ingestion import DataSpec
 from pipeline import figures
 
-
-def _samples(n_subjects=12, with_subjects=True):
-    out = list(synthetic.generate(n_subjects=n_subjects, samples_per_emotion=1,
-                                  domains=("lab", "wild"), emotions=contract.BASIC7, size=32,
-                                  seed=0))
-    for i, s in enumerate(out):
-        s.dataset = f"synth_{s.domain}"
-        s.split = "eval" if i % 4 == 0 else "train"
-        if not with_subjects:
-            s.subject = ""
-    return out
+SPEC = {"sources": [{"reader": "synthetic", "dataset": "synth", "aligned": True,
+                     "options": {"n_subjects": 12, "samples_per_emotion": 1, "size": 32,
+                                 "seed": 0, "domains": ["lab", "wild"]}}],
+        "split": {"eval_fraction": 0.25, "seed": 0}, "image_size": 32, "detector": "none"}
 
 
-@pytest.mark.parametrize("with_subjects", [True, False])
-def test_kfold_is_subject_disjoint_and_tests_every_sample_once(with_subjects):
-    samples = _samples(with_subjects=with_subjects)
-    folds = B.make_folds(samples, "kfold", k=4, seed=3)
-    assert len(folds) == 4
-    tested = [s.uid for f in folds for s in f.test]
-    assert sorted(tested) == sorted(s.uid for s in samples)          # each exactly once
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The spec ingested once with 4-fold assignment and transformed at 32 px."""
+    spec = B.benchmark_spec(DataSpec.load(SPEC), "kfold", 4)
+    return B.prepare_data(spec, str(tmp_path_factory.mktemp("bench_data")), 32)
+
+
+def _column(examples, key):
+    return np.concatenate([b[key].numpy() for b in examples.batch(4096)])
+
+
+def test_kfold_is_subject_disjoint_and_tests_every_example_once(prepared):
+    folds = B.make_folds(prepared, "kfold", k=4)
+    assert [f.name for f in folds] == ["fold0", "fold1", "fold2", "fold3"]
+    everything = _column(prepared.examples(), "subject_id")
+    tested = np.concatenate([_column(f.test(prepared), "subject_id") for f in folds])
+    assert sorted(tested) == sorted(everything)                     # each exactly once
     for f in folds:
-        train_keys = {splits_lib.split_key(s) for s in f.train}
-        test_keys = {splits_lib.split_key(s) for s in f.test}
-        assert not train_keys & test_keys                            # no shared subject
-        assert len(f.train) + len(f.test) == len(samples)
-    if with_subjects:   # all images of one subject sit in one fold
-        fold_of = {}
-        for i, f in enumerate(folds):
-            for s in f.test:
-                assert fold_of.setdefault(splits_lib.split_key(s), i) == i
+        train, test = _column(f.train(prepared), "subject_id"), _column(f.test(prepared),
+                                                                          "subject_id")
+        assert not set(train) & set(test)                            # no shared subject
+        assert len(train) + len(test) == len(everything)
+        assert f.sizes["train"] == len(train) and f.sizes["test"] == len(test)
+        assert f.sizes["test_subjects"] == 3                         # 12 subjects / 4 folds
 
 
-def test_holdout_and_cross_protocols():
-    samples = _samples()
-    (hold,) = B.make_folds(samples, "holdout")
-    assert {s.split for s in hold.train} == {"train"} and {s.split for s in hold.test} == {"eval"}
-    assert len(hold.train) + len(hold.test) == len(samples)
-    (cross,) = B.make_folds(samples, "cross", train_datasets=["synth_lab"],
+def test_holdout_and_cross_protocols(prepared):
+    (hold,) = B.make_folds(prepared, "holdout")
+    assert hold.sizes["train"] == prepared.counts["train"]
+    assert hold.sizes["test"] == prepared.counts["eval"]
+    (cross,) = B.make_folds(prepared, "cross", train_datasets=["synth_lab"],
                             test_datasets=["synth_wild"])
-    assert {s.dataset for s in cross.train} == {"synth_lab"}
-    assert {s.dataset for s in cross.test} == {"synth_wild"}
+    lab, wild = (prepared.datasets.index(d) for d in ("synth_lab", "synth_wild"))
+    assert set(_column(cross.train(prepared), "dataset_id")) == {lab}
+    assert set(_column(cross.test(prepared), "dataset_id")) == {wild}
     assert cross.name == "synth_lab-to-synth_wild"
 
 
-def test_protocol_errors_are_clear():
-    samples = _samples(n_subjects=3)
-    with pytest.raises(B.BenchmarkError, match="not in the data"):
-        B.make_folds(samples, "cross", train_datasets=["synth_lab"], test_datasets=["ckplus"])
-    with pytest.raises(B.BenchmarkError, match="both a train and a test"):
-        B.make_folds(samples, "cross", train_datasets=["synth_lab"],
+def test_protocol_errors_are_clear(prepared):
+    with pytest.raises(tables.BenchmarkError, match="not in the data"):
+        B.make_folds(prepared, "cross", train_datasets=["synth_lab"], test_datasets=["ckplus"])
+    with pytest.raises(tables.BenchmarkError, match="both a train and a test"):
+        B.make_folds(prepared, "cross", train_datasets=["synth_lab"],
                      test_datasets=["synth_lab"])
-    with pytest.raises(B.BenchmarkError, match="empty .* fewer folds"):
-        B.make_folds(samples, "kfold", k=50)
-    with pytest.raises(B.BenchmarkError, match="unknown protocol"):
-        B.make_folds(samples, "loso")
-    with pytest.raises(B.BenchmarkError, match="unknown methods"):
-        B.resolve_methods("baseline,resnet")
-    assert B.resolve_methods("all") == list(B.ALL_METHODS)
+    with pytest.raises(tables.BenchmarkError, match="empty .* fewer folds"):
+        B.make_folds(prepared, "kfold", k=6)                         # ingested with k = 4
+    with pytest.raises(tables.BenchmarkError, match="unknown protocol"):
+        B.make_folds(prepared, "loso")
+    with pytest.raises(tables.BenchmarkError, match="unknown methods"):
+        tables.resolve_methods("baseline,resnet")
+    assert tables.resolve_methods("all") == list(tables.ALL_METHODS)
+
+
+def _samples(n_subjects=2):
+    return list(synthetic.generate(n_subjects=n_subjects, samples_per_emotion=1,
+                                   domains=("lab",), emotions=contract.BASIC7, size=32, seed=0))
 
 
 def _row(method, fold, acc, recall_happy):
@@ -86,11 +93,12 @@ def _row(method, fold, acc, recall_happy):
 
 
 def test_shipped_benchmark_settings_load():
-    folder = os.path.join(os.path.dirname(B.__file__), "configs", "benchmarks")
+    folder = os.path.join(os.path.dirname(os.path.dirname(B.__file__)), "pipeline", "configs",
+                          "benchmarks")
     names = [n for n in os.listdir(folder) if n.endswith(".yaml")]
     assert names
     for name in names:
-        settings = B.load_settings(os.path.join(folder, name))
+        settings = tables.load_settings(os.path.join(folder, name))
         assert settings["methods"], name
 
 
@@ -102,14 +110,14 @@ def test_shipped_benchmark_settings_load():
 def test_benchmark_settings_errors_name_the_field(tmp_path, text, message):
     path = tmp_path / "settings.yaml"
     path.write_text(text)
-    with pytest.raises(B.BenchmarkError, match=message):
-        B.load_settings(str(path))
+    with pytest.raises(tables.BenchmarkError, match=message):
+        tables.load_settings(str(path))
 
 
 def test_write_table_mean_std_per_class_and_csv(tmp_path):
     rows = [_row("baseline", "fold0", 0.6, 0.8), _row("baseline", "fold1", 0.8, 1.0),
             _row("sjmt", "holdout", 0.5, 0.4)]
-    paths = B.write_table(rows, str(tmp_path), seed_reported={"sjmt": "paper: 70 %"},
+    paths = tables.write_table(rows, str(tmp_path), seed_reported={"sjmt": "paper: 70 %"},
                           notes=["Protocol: test."])
     md = open(paths["markdown"]).read()
     assert "| baseline | small | 48² | 1,234 | 2 | 3 | 70.0% ± 10.0% | 60.0% |" in md
@@ -140,7 +148,7 @@ def test_array_figures_write_pngs(tmp_path):
     _png_ok(figures.au_per_emotion_plot(rng.random((120, contract.NUM_AUS)), pred,
                                         tmp_path / "au.png"))
     _png_ok(figures.trace_norm_rates_plot(rng.random(33), tmp_path / "tn.png"))
-    summary = B.summarize([_row("baseline", "f0", 0.6, 0.8), _row("baseline", "f1", 0.7, 0.8)])
+    summary = tables.summarize([_row("baseline", "f0", 0.6, 0.8), _row("baseline", "f1", 0.7, 0.8)])
     _png_ok(figures.accuracy_bars(summary, tmp_path / "acc.png"))
     with pytest.raises(ValueError, match="no labelled"):
         figures.confusion_matrix_plot([-1], [0], tmp_path / "x.png")
@@ -153,7 +161,10 @@ def test_fersnet_figures_write_pngs(tmp_path):
     cfg = method.config("small", image_size=32, filters=[4, 4, 8, 8],
                         decoder_filters=[8, 8, 4, 4], fc_units=8, disc_filters=[4, 4, 4])
     model = method.build(cfg)
-    faces = figures.example_faces(_samples(n_subjects=2), 32, max_faces=3)
+    from models import inputs
+
+    batch = next(iter(inputs.dataset_from_samples(_samples(), 32, 64)))
+    faces = figures.example_faces(batch["image"], batch["emotion"], max_faces=3)
     assert faces.shape == (3, 32, 32, 1)
     _png_ok(figures.convflu_gate_plot(model, faces, tmp_path / "gates.png"))
     _png_ok(figures.synthesis_grid_plot(model, faces, tmp_path / "grid.png"))
@@ -195,13 +206,14 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
     os.remove(tsne)
     assert cli.main(argv + ["--redo-figures"]) == 0                  # redraws from the weights
     _png_ok(tsne)
-    samples, _ = B.load_samples(str(spec), str(out / "data"))
-    fold0 = B.make_folds(samples, "kfold", k=3, seed=0)[0]
-    _check_rebuilt_run_serves_raw_images(out / "runs" / "baseline" / "fold0", fold0.test,
+    spec_obj = B.benchmark_spec(DataSpec.from_yaml(str(spec)), "kfold", 3)
+    data = B.prepare_data(spec_obj, str(out / "data"), 48)           # cached: runs nothing
+    fold0 = B.make_folds(data, "kfold", k=3)[0]
+    _check_rebuilt_run_serves_raw_images(out / "runs" / "baseline" / "fold0", fold0.test(data),
                                          tmp_path)
 
 
-def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
+def _check_rebuilt_run_serves_raw_images(run_dir, examples, tmp_path):
     """A finished run rebuilds from its weights with the predictions it saved, and
     benchmarks/serve_speed.py answers a class folder of JPEGs through the export."""
     import importlib.util
@@ -212,10 +224,13 @@ def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
 
     method, model, cfg = B.load_run_model(str(run_dir))
     probs = np.concatenate([out["probabilities"] for _, out in
-                            training.predict(method, model, cfg, samples)])
+                            training.predict(method, model, cfg, examples)])
     np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
                                atol=1e-5)
-    by_class = sorted(samples, key=lambda s: s.emotion)   # as a class-folder test set is
+    batch = next(iter(examples.batch(4096)))
+    images, emotions = batch["image"].numpy(), batch["emotion"].numpy()
+    order = np.argsort(emotions, kind="stable")               # as a class-folder test set is
+    by_class = tf.data.Dataset.from_tensor_slices({k: v.numpy()[order] for k, v in batch.items()})
     arrays = B.collect_predictions(method, model, cfg, by_class, max_features=6)
     assert len(arrays["features"]) == len(arrays["feature_index"]) == 6
     index = arrays["feature_index"]
@@ -223,10 +238,10 @@ def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
     assert len(set(arrays["emotion"][index])) > 1
 
     folder = tmp_path / "faces"
-    for i, s in enumerate(samples):
-        d = folder / contract.EMOTIONS[s.emotion]
+    for i, (img, e) in enumerate(zip(images, emotions)):
+        d = folder / contract.EMOTIONS[e]
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(contract.decode_png(s.image).squeeze()).save(d / f"{i}.jpg", quality=95)
+        Image.fromarray((img.squeeze() * 255).round().astype(np.uint8)).save(d / f"{i}.png")
     spec = importlib.util.spec_from_file_location(
         "serve_speed", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                     "serve_speed.py"))
@@ -236,30 +251,27 @@ def _check_rebuilt_run_serves_raw_images(run_dir, samples, tmp_path):
     assert serve_speed.main([str(run_dir), "--data", str(folder), "--single", "3",
                              "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][0]
-    assert row["method"] == "baseline" and row["images"] == len(samples)
-    expected = float((probs.argmax(-1) == np.asarray([s.emotion for s in samples])).mean())
-    assert abs(row["accuracy"] - expected) <= 1.0 / len(samples) + 1e-9  # JPEG may flip one
+    assert row["method"] == "baseline" and row["images"] == len(images)
+    expected = float((probs.argmax(-1) == emotions).mean())
+    assert abs(row["accuracy"] - expected) <= 1.0 / len(images) + 1e-9  # 8-bit PNG may flip one
     assert row["images_per_second_batch1"] > 0 and row["images_per_second_batch64"] > 0
 
 
 @pytest.mark.parametrize("method", ["ddmtl", "fersnet", "multidataset", "sjmt", "tracenorm"])
-def test_every_method_rebuilds_from_its_run_weights(method, tmp_path):
+def test_every_method_rebuilds_from_its_run_weights(method, prepared, tmp_path):
     """What ``--redo-figures`` and benchmarks/serve_speed.py rely on (baseline: above)."""
     from models import training
 
-    samples = [s for s in _samples(n_subjects=6) if s.domain == "lab"]
-    for s in samples:
-        s.dataset = "synth"
-    fold = B.Fold("f", samples[:32], samples[32:])
+    (fold,) = B.make_folds(prepared, "holdout")
     run_dir = tmp_path / method
-    size = {"tracenorm": {"image_size": 48, "pool_size": 1}}.get(method, {})  # as on FER2013
-    B.run_one(method, fold, str(run_dir), epochs=1, figures=False,
-              overrides=dict(size, batch_size=8))
+    size = {"tracenorm": {"pool_size": 1}}.get(method, {})   # 32 px leaves a 1x1 map
+    B.run_one(method, fold, prepared, str(run_dir), epochs=1, figures_on=False,
+              overrides=dict(size, image_size=32, batch_size=8))
     for legacy in (False, True):       # runs written before config.json existed
         if legacy:
             os.remove(run_dir / "config.json")
-        m, model, cfg = B.load_run_model(str(run_dir), datasets=["synth"])
+        m, model, cfg = B.load_run_model(str(run_dir), datasets=prepared.datasets)
         probs = np.concatenate([out["probabilities"] for _, out in
-                                training.predict(m, model, cfg, fold.test)])
+                                training.predict(m, model, cfg, fold.test(prepared))])
         np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
                                    atol=1e-5)

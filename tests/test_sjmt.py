@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from components import contract
-from models import preprocessing, sjmt, training
+from models import inputs, preprocessing, sjmt, training
 from tests.method_helpers import chance, synthetic_split
 
 SIZE = 48
@@ -56,8 +56,7 @@ def trained(split):
 
 
 def _batch(samples, datasets=("lab_emotions", "wild_aus"), size=SIZE):
-    ds, _ = training.make_dataset(samples, size, len(samples), datasets)
-    return next(iter(ds))
+    return next(iter(inputs.dataset_from_samples(samples, size, len(samples), datasets)))
 
 
 def _images(samples):
