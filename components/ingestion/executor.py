@@ -3,9 +3,9 @@
 Stages (each a Beam transform, so the same code runs on the DirectRunner here
 and on a distributed runner unchanged: no global state, every DoFn pickles)::
 
-    Create(sources) -> ReadSources (one element per source: reader / tfrecord /
-        synthetic, AU-table join, label set, max_per_source; rejected inputs go
-        to the "quarantine" tagged output)
+    Create(sources) -> ReadSources (one element per source, read through
+        components.readers.read_source whatever its type: AU-table join, label
+        set, max_per_source; rejected inputs go to the "quarantine" tagged output)
       -> Reshuffle (spread the samples of a big source over the workers)
       -> AlignFaces (FaceAligner built once per worker in setup(); no face ->
         quarantine "no_face", other failures -> "align_failed")
@@ -26,9 +26,16 @@ import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import apache_beam as beam
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
 
-from components import contract
+from components import contract, readers
 from components.ingestion import splits as splits_lib
+from components.ingestion.align import FaceAligner, NoFaceFound
 from components.ingestion.spec import DataSpec, SourceSpec
 from components.quarantine import Quarantine
 
@@ -52,93 +59,25 @@ class EmptySplitError(ValueError):
 
 
 # ----------------------------------------------------------------------------- reading
-def _tfrecord_files(path: str) -> List[str]:
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(path):
-        files = []
-        for root, _, names in tf.io.gfile.walk(path):
-            files += [os.path.join(root, n) for n in names if not n.startswith(".")]
-        return sorted(files)
-    if any(ch in path for ch in "*?["):
-        return sorted(tf.io.gfile.glob(path))
-    return [path] if tf.io.gfile.exists(path) else []
-
-
-def _compression(path: str, compression: Optional[str]) -> str:
-    if compression in (None, "", "auto"):
-        return "GZIP" if path.endswith(".gz") else ""
-    return compression
-
-
-def read_tfrecord_source(path: str, quarantine: Quarantine,
-                         compression: Optional[str] = None) -> Iterator[contract.FaceSample]:
-    """Contract samples from TFRecord file(s): a file, a folder (all files under
-    it) or a glob. Compression ``auto`` is GZIP for ``*.gz`` files. A record that
-    is no contract example is quarantined as ``bad_record``; a file that stops
-    parsing as ``corrupt_tfrecord``."""
-    import tensorflow as tf
-
-    files = _tfrecord_files(path)
-    if not files:
-        from components.readers import EmptySourceError
-
-        raise EmptySourceError(f"tfrecord: no file at {path!r}")
-    for f in files:
-        i = 0
-        try:
-            for raw in tf.data.TFRecordDataset(f, compression_type=_compression(f, compression)):
-                try:
-                    yield contract.FaceSample.from_example(raw.numpy())
-                except Exception as err:  # noqa: BLE001 - any malformed record
-                    quarantine.add(f"{f}:{i}", "bad_record", f"{type(err).__name__}: {err}")
-                i += 1
-        except tf.errors.OpError as err:
-            quarantine.add(f"{f}:{i}", "corrupt_tfrecord",
-                           f"{type(err).__name__}: {err.message.splitlines()[0]}")
-
-
-def tfrecord_dataset_names(path: str, compression: Optional[str] = None) -> List[str]:
-    """Dataset names recorded in contract TFRecords, in order of appearance."""
-    names: List[str] = []
-    for s in read_tfrecord_source(path, Quarantine(), compression):
-        if s.dataset not in names:
-            names.append(s.dataset)
-    return names
-
-
 def iter_source(source: SourceSpec, quarantine: Quarantine,
                 max_samples: Optional[int] = None) -> Iterator[contract.FaceSample]:
-    """Samples of one spec source, ready for alignment: read, AU table joined,
-    dataset / domain set, label set applied, at most ``max_samples``.
+    """Samples of one spec source, ready for alignment: read with its reader
+    (:func:`components.readers.read_source`, AU table joined), domain set,
+    label set applied, at most ``max_samples``.
 
     Raises ``EmptySourceError`` when the source yields no usable sample.
     """
-    from components.readers import EmptySourceError, join_au_table, read_source
-
     opts = dict(source.options)
     opts.pop("progress", None)
-    if source.reader == "synthetic":
-        from components import synthetic
-
-        if "domains" in opts:
-            opts["domains"] = tuple(opts["domains"])
-        samples: Iterable[contract.FaceSample] = synthetic.generate(**opts)
-    elif source.reader == "tfrecord":
-        samples = read_tfrecord_source(source.path, quarantine, opts.get("compression"))
-    else:
-        samples = read_source(source.reader, source.path, source.dataset, quarantine, **opts)
-    if source.au_table:
-        au = source.au_table
-        samples = join_au_table(samples, au.path, quarantine, key=au.key,
-                                id_column=au.id_column, intensity_max=au.intensity_max)
+    au = source.au_table
+    if au:
+        opts.update(au_table=au.path, au_key=au.key, au_id_column=au.id_column,
+                    au_intensity_max=au.intensity_max)
+    samples = readers.read_source(source.reader, source.path, source.dataset, quarantine,
+                                  **opts)
     mask = contract.label_set_mask(source.label_set) if source.label_set else None
     n = 0
     for sample in samples:
-        if source.reader == "synthetic":
-            sample.dataset = f"{source.dataset}_{sample.domain}"
-        elif source.reader == "tfrecord" and source.dataset:
-            sample.dataset = source.dataset
         if source.domain:
             sample.domain = source.domain
         if mask is not None and sample.emotion >= 0:
@@ -154,8 +93,9 @@ def iter_source(source: SourceSpec, quarantine: Quarantine,
             return
     if n == 0:
         why = quarantine.summary() if len(quarantine) else "nothing was read"
-        raise EmptySourceError(f"{source.reader} source {source.name!r} "
-                               f"({source.path or 'generated'}) has no usable sample: {why}")
+        raise readers.EmptySourceError(f"{source.reader} source {source.name!r} "
+                                       f"({source.path or 'generated'}) has no usable "
+                                       f"sample: {why}")
 
 
 # ----------------------------------------------------------------------------- Beam DoFns
@@ -209,13 +149,9 @@ class AlignFacesFn(beam.DoFn):
         self._aligner = None
 
     def setup(self):
-        from components.ingestion.align import FaceAligner
-
         self._aligner = FaceAligner(detector=self._detector, output_size=self._size)
 
     def process(self, element):
-        from components.ingestion.align import NoFaceFound
-
         index, sample = element
         try:
             out, method = self._aligner.align(sample, aligned=self._aligned[index])
@@ -295,8 +231,6 @@ class CountFn(beam.CombineFn):
 
 
 def _write_json(obj, path: str) -> str:
-    import tensorflow as tf
-
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True))
@@ -347,8 +281,6 @@ def build_pipeline(pipeline: beam.Pipeline, spec: DataSpec, examples_uri: str,
 
 # ----------------------------------------------------------------------------- summary
 def _read_json(path: str):
-    import tensorflow as tf
-
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 
@@ -441,8 +373,6 @@ def ingest(spec: Union[DataSpec, dict, str], output_dir: str,
       EmptySourceError: a source has no usable sample.
       EmptySplitError: train or eval ends up empty.
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     spec = DataSpec.load(spec)
     examples_uri = os.path.join(output_dir, "examples")
     report_dir = os.path.join(output_dir, "quarantine")
@@ -490,25 +420,13 @@ def record_counts(examples, quarantine_artifact, counts: Dict[str, Any]) -> None
             quarantine_artifact.set_int_custom_property(_property_name(f"num_{reason}"), int(n))
 
 
-try:
-    from tfx.dsl.components.base import base_beam_executor as _bbe
-
-    _BaseBeamExecutor = _bbe.BaseBeamExecutor
-except ImportError:  # pragma: no cover - TFX is a hard dependency of the pipeline
-    _BaseBeamExecutor = object
-
-
-class Executor(_BaseBeamExecutor):
+class Executor(base_beam_executor.BaseBeamExecutor):
     """TFX executor of FaceIngestion: builds :func:`build_pipeline` in the Beam
     pipeline TFX configures (``beam_pipeline_args``), then marks the Examples
     artifact like ExampleGen does (split names, tf.Example payload, GZIP
     TFRecords, span / version) and records the counts."""
 
     def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX API
-        from tfx.components.util import examples_utils
-        from tfx.proto import example_gen_pb2
-        from tfx.types import artifact_utils
-
         self._log_startup(input_dict, output_dict, exec_properties)
         spec = DataSpec.load(exec_properties["data_spec"])
         examples = artifact_utils.get_single_instance(output_dict["examples"])

@@ -35,20 +35,18 @@ does not depend on the working directory.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from components import contract
+from components import contract, readers
+from components.readers import synthetic_faces, tfrecord
 
-EXTRA_READERS = ("tfrecord", "synthetic")
 DETECTORS = ("haar", "none")
 AU_KEYS = ("stem", "path", "uid")
-SYNTHETIC_DATASET = "synth"
+SYNTHETIC_DATASET = synthetic_faces.DEFAULT_DATASET
 # Fields of a source that are top-level spec fields, not reader options.
 _TOP_LEVEL_OPTIONS = ("label_set", "domain", "au_table", "path", "dataset")
-TFRECORD_OPTIONS = ("compression",)
 
 
 class SpecError(ValueError):
@@ -56,9 +54,7 @@ class SpecError(ValueError):
 
 
 def reader_types() -> Tuple[str, ...]:
-    from components.readers import READERS
-
-    return tuple(READERS) + EXTRA_READERS
+    return tuple(readers.READERS)
 
 
 def _resolve(path: str, base_dir: Optional[str]) -> str:
@@ -87,27 +83,6 @@ def _as_int(value, where: str, lo: Optional[int] = None, hi: Optional[int] = Non
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise SpecError(f"{where}: {value} outside [{lo}, {hi if hi is not None else 'inf'}]")
     return value
-
-
-def _reader_option_names(reader: str) -> Optional[Tuple[str, ...]]:
-    """Keyword options a reader accepts (None: anything, e.g. **kwargs)."""
-    if reader == "tfrecord":
-        return TFRECORD_OPTIONS
-    if reader == "synthetic":
-        from components import synthetic
-
-        fn = synthetic.generate
-        skip = ()
-    else:
-        from components.readers import READERS
-
-        fn = READERS[reader]
-        skip = ("path", "dataset", "quarantine")
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in params if p.name not in skip and p.kind in (
-        p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 @dataclasses.dataclass
@@ -161,7 +136,7 @@ class SourceSpec:
         if reader not in known:
             raise SpecError(f"{where}.reader: unknown reader {reader!r}; one of {list(known)}")
         path = d.get("path")
-        if reader == "synthetic":
+        if reader in readers.PATHLESS_READERS:
             if path is not None:
                 raise SpecError(f"{where}.path: a synthetic source has no path "
                                 "(its settings go in options)")
@@ -172,7 +147,7 @@ class SourceSpec:
         dataset = d.get("dataset")
         if dataset is None and reader == "synthetic":
             dataset = SYNTHETIC_DATASET
-        if dataset is None and reader != "tfrecord":
+        if dataset is None and reader not in readers.NAMING_READERS:
             raise SpecError(f"{where}.dataset: a dataset name is required")
         if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()
                                     or "/" in dataset):
@@ -205,9 +180,9 @@ class SourceSpec:
             if name in options:
                 raise SpecError(f"{where}.options.{name}: set {name!r} on the source itself, "
                                 "not in options")
-        allowed = _reader_option_names(reader)
+        allowed = readers.reader_options(reader)
         if allowed is not None:
-            bad = sorted(set(options) - set(allowed) - {"progress"})
+            bad = sorted(set(options) - set(allowed))
             if bad:
                 raise SpecError(f"{where}.options: reader {reader!r} takes no option(s) {bad}; "
                                 f"known: {sorted(set(allowed) - set(_TOP_LEVEL_OPTIONS))}")
@@ -215,10 +190,10 @@ class SourceSpec:
             if isinstance(options["domains"], str):
                 options["domains"] = [options["domains"]]
             options["domains"] = list(options["domains"])
-        if reader == "tfrecord" and options.get("compression") not in (None, "", "auto",
-                                                                       "GZIP", "ZLIB"):
-            raise SpecError(f"{where}.options.compression: one of auto, GZIP, ZLIB, "
-                            f"got {options['compression']!r}")
+        if reader == "tfrecord" and options.get("compression") not in (
+                None, "", *tfrecord.COMPRESSIONS):
+            raise SpecError(f"{where}.options.compression: one of "
+                            f"{', '.join(tfrecord.COMPRESSIONS)}, got {options['compression']!r}")
         return cls(reader=reader, path=path, dataset=dataset, domain=domain,
                    label_set=label_set, au_table=au, aligned=aligned, options=options)
 
@@ -230,16 +205,7 @@ class SourceSpec:
     def dataset_names(self) -> List[str]:
         """Dataset names this source's samples carry (reads a tfrecord source
         without a ``dataset`` to find them)."""
-        if self.reader == "synthetic":
-            from components import synthetic
-
-            domains = self.options.get("domains") or synthetic.DOMAINS
-            return [f"{self.dataset}_{d}" for d in domains]
-        if self.dataset is not None:
-            return [self.dataset]
-        from components.ingestion import executor
-
-        return executor.tfrecord_dataset_names(self.path, self.options.get("compression"))
+        return readers.dataset_names(self.reader, self.path, self.dataset, self.options)
 
     @property
     def name(self) -> str:

@@ -3,7 +3,8 @@
 Every reader has the signature ``reader(path, dataset, quarantine, **options)``
 (options keyword-only), yields samples with grayscale PNG images at their
 original size, records each rejected input in the :class:`Quarantine` with a
-reason, and raises :class:`EmptySourceError` when nothing usable is found.
+reason (an image under 16 x 16 pixels is ``image_too_small``), and raises
+:class:`EmptySourceError` when nothing usable is found.
 
 =================  =============================================================
 type name          reads
@@ -12,6 +13,8 @@ type name          reads
 ``fer2013_csv``    ``fer2013.csv`` (``emotion,pixels,Usage``)
 ``jaffe``          JAFFE ``KA.AN1.39.tiff`` images
 ``pts_landmarks``  300-W / iBUG ``.pts`` + image pairs
+``tfrecord``       contract TFRecords (``dataset`` None keeps the recorded names)
+``synthetic``      :func:`components.synthetic.generate` (no path)
 =================  =============================================================
 
 AU labels come from a separate table joined by id: :func:`join_au_table`.
@@ -20,11 +23,12 @@ AU labels come from a separate table joined by id: :func:`join_au_table`.
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import pathlib
-from typing import Callable, Dict, Iterator, Optional, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from components import contract
+from components import contract, synthetic
 from components.quarantine import Quarantine
 from components.readers._common import EmptySourceError, split_name
 from components.readers.au_table import AUTable, join_au_table, read_au_table, sample_key
@@ -32,17 +36,57 @@ from components.readers.class_folders import read_class_folders
 from components.readers.fer2013_csv import read_fer2013_csv
 from components.readers.jaffe import JAFFE_NAME, read_jaffe
 from components.readers.pts_landmarks import parse_pts, read_pts_landmarks
+from components.readers.synthetic_faces import read_synthetic, synthetic_dataset_names
+from components.readers.tfrecord import read_tfrecord, recorded_dataset_names
 
 READERS: Dict[str, Callable[..., Iterator[contract.FaceSample]]] = {
     "class_folders": read_class_folders,
     "fer2013_csv": read_fer2013_csv,
     "jaffe": read_jaffe,
     "pts_landmarks": read_pts_landmarks,
+    "tfrecord": read_tfrecord,
+    "synthetic": read_synthetic,
 }
+# Readers that take no path (their options say what to generate).
+PATHLESS_READERS: Tuple[str, ...] = ("synthetic",)
+# Readers that name samples without a ``dataset`` (the names in their input).
+NAMING_READERS: Tuple[str, ...] = ("tfrecord", "synthetic")
+# Readers passing ``**options`` on: these functions define the options.
+_OPTIONS_OF = {"synthetic": synthetic.generate}
+# A reader's leading arguments, which are no options.
+_READER_ARGS = ("path", "dataset", "quarantine")
 
-__all__ = ["READERS", "read_source", "detect_reader", "join_au_table", "read_au_table",
+__all__ = ["READERS", "PATHLESS_READERS", "NAMING_READERS", "read_source", "detect_reader",
+           "reader_options", "dataset_names", "join_au_table", "read_au_table",
            "AUTable", "EmptySourceError", "sample_key", "parse_pts",
-           "read_class_folders", "read_fer2013_csv", "read_jaffe", "read_pts_landmarks"]
+           "read_class_folders", "read_fer2013_csv", "read_jaffe", "read_pts_landmarks",
+           "read_tfrecord", "read_synthetic"]
+
+
+def reader_options(reader: str) -> Optional[Tuple[str, ...]]:
+    """Keyword options ``reader`` accepts (None: any). ``progress`` is always
+    accepted."""
+    if reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; one of {sorted(READERS)}")
+    params = inspect.signature(_OPTIONS_OF.get(reader, READERS[reader])).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    names = tuple(p.name for p in params if p.name not in _READER_ARGS and p.kind in (
+        p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return names if "progress" in names else names + ("progress",)
+
+
+def dataset_names(reader: str, path: Optional[str], dataset: Optional[str],
+                  options: Mapping) -> List[str]:
+    """Dataset names the samples of a source carry (a ``tfrecord`` source
+    without ``dataset`` is read to find them)."""
+    if reader == "synthetic":
+        return synthetic_dataset_names(dataset, options)
+    if dataset:
+        return [dataset]
+    if reader == "tfrecord":
+        return recorded_dataset_names(str(path), options.get("compression"))
+    raise ValueError(f"reader {reader!r} needs a dataset name")
 
 
 def read_source(reader: str, path: str, dataset: str, quarantine: Quarantine, *,
@@ -70,7 +114,7 @@ def read_source(reader: str, path: str, dataset: str, quarantine: Quarantine, *,
     """
     if reader not in READERS:
         raise ValueError(f"unknown reader {reader!r}; one of {sorted(READERS)}")
-    if not dataset:
+    if not dataset and reader not in NAMING_READERS:
         raise ValueError("a dataset name is required")
     try:
         samples = READERS[reader](path, dataset, quarantine, **options)
