@@ -9,7 +9,10 @@ and on a distributed runner unchanged: no global state, every DoFn pickles)::
       -> Reshuffle (spread the samples of a big source over the workers)
       -> AlignFaces (FaceAligner built once per worker in setup(); no face ->
         quarantine "no_face", other failures -> "align_failed")
-      -> AssignSplit (by subject: components.ingestion.splits)
+      [-> with split.kfold: FoldRecords -> ToList -> AssignFolds (one global
+          StratifiedGroupKFold, components.ingestion.splits.assign_folds) ->
+          SetFold (side input): every face gets its fold]
+      -> AssignSplit (by subject or eval fold: components.ingestion.splits)
       -> Partition(train, eval) -> serialize -> WriteToTFRecord (GZIP)
     counts (CombineGlobally) -> counts.json ; quarantine (ToList) -> quarantine.json
 
@@ -20,6 +23,7 @@ and on a distributed runner unchanged: no global state, every DoFn pickles)::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -168,12 +172,23 @@ class AlignFacesFn(beam.DoFn):
         yield out, method
 
 
+def _fold_record(element):
+    return splits_lib.fold_record(element[0])
+
+
+def _set_fold(element, folds: Dict[str, int]):
+    sample, method = element
+    fold = folds[splits_lib.split_key(sample)]
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"fold_{fold}").inc()
+    return dataclasses.replace(sample, fold=fold), method
+
+
 def _assign_split(element, split_spec: Dict[str, Any]):
     sample, method = element
-    kfold = split_spec["kfold"]
+    kfold = split_spec["kfold"] or {}
     split = splits_lib.sample_split(
         sample, split_spec["eval_fraction"], split_spec["seed"], split_spec["use_source_split"],
-        None if kfold is None else (kfold["k"], kfold["fold"]))
+        kfold.get("fold"))
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"split_{split}").inc()
     return split, sample, method
 
@@ -188,18 +203,29 @@ def _serialize(element) -> bytes:
 
 def _count_record(element):
     split, sample, method = element
-    return split, sample.dataset, splits_lib.split_key(sample), method
+    emotion = contract.EMOTIONS[sample.emotion] if sample.emotion >= 0 else "(none)"
+    return split, sample.dataset, splits_lib.split_key(sample), method, sample.fold, emotion
+
+
+def _new_fold() -> Dict[str, Any]:
+    return {"examples": 0, "subjects": set(), "emotions": {}}
 
 
 class CountFn(beam.CombineFn):
-    """Examples per split, per dataset and split, per alignment method, and the
-    distinct split keys (subjects) per split."""
+    """Examples per split, per dataset and split, per alignment method, the
+    distinct split keys (subjects) per split, and per fold (when k-fold) the
+    examples, subjects and emotions of each dataset."""
 
     def create_accumulator(self):
-        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}}
+        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}, "folds": {}}
 
     def add_input(self, acc, record):
-        split, dataset, key, method = record
+        split, dataset, key, method, fold, emotion = record
+        if fold >= 0:
+            per_f = acc["folds"].setdefault(dataset, {}).setdefault(fold, _new_fold())
+            per_f["examples"] += 1
+            per_f["subjects"].add(key)
+            per_f["emotions"][emotion] = per_f["emotions"].get(emotion, 0) + 1
         acc["splits"][split] = acc["splits"].get(split, 0) + 1
         per = acc["datasets"].setdefault(dataset, {})
         per[split] = per.get(split, 0) + 1
@@ -223,11 +249,23 @@ class CountFn(beam.CombineFn):
                     o[m] = o.get(m, 0) + n
             for split, keys in acc["subjects"].items():
                 out["subjects"].setdefault(split, set()).update(keys)
+            for ds, per in acc["folds"].items():
+                for fold, f in per.items():
+                    o = out["folds"].setdefault(ds, {}).setdefault(fold, _new_fold())
+                    o["examples"] += f["examples"]
+                    o["subjects"].update(f["subjects"])
+                    for e, n in f["emotions"].items():
+                        o["emotions"][e] = o["emotions"].get(e, 0) + n
         return out
 
     def extract_output(self, acc):
         return {"splits": acc["splits"], "datasets": acc["datasets"], "methods": acc["methods"],
-                "subjects": {s: len(k) for s, k in acc["subjects"].items()}}
+                "subjects": {s: len(k) for s, k in acc["subjects"].items()},
+                "folds": {ds: {str(fold): {"examples": f["examples"],
+                                           "subjects": len(f["subjects"]),
+                                           "emotions": dict(sorted(f["emotions"].items()))}
+                               for fold, f in sorted(per.items())}
+                          for ds, per in sorted(acc["folds"].items())}}
 
 
 def _write_json(obj, path: str) -> str:
@@ -259,7 +297,17 @@ def build_pipeline(pipeline: beam.Pipeline, spec: DataSpec, examples_uri: str,
                | "AlignFaces" >> beam.ParDo(AlignFacesFn(
                    spec.detector, spec.image_size, [s.aligned for s in spec.sources])
                ).with_outputs(QUARANTINE_TAG, main="faces"))
-    with_split = aligned.faces | "AssignSplit" >> beam.Map(_assign_split, spec.split.to_dict())
+    faces = aligned.faces
+    if spec.split.kfold:
+        # Folds need every subject at once: collect (population, key, emotion)
+        # of all faces, assign the folds once, map them back as a side input.
+        folds = (faces
+                 | "FoldRecords" >> beam.Map(_fold_record)
+                 | "CollectFoldRecords" >> beam.combiners.ToList()
+                 | "AssignFolds" >> beam.Map(splits_lib.assign_folds, spec.split.kfold[0],
+                                             spec.split.seed))
+        faces = faces | "SetFold" >> beam.Map(_set_fold, beam.pvalue.AsSingleton(folds))
+    with_split = faces | "AssignSplit" >> beam.Map(_assign_split, spec.split.to_dict())
     parts = with_split | "Partition" >> beam.Partition(_partition, len(SPLIT_NAMES))
     for name, part in zip(SPLIT_NAMES, parts):
         _ = (part
@@ -303,6 +351,7 @@ def summarize(spec: DataSpec, report_dir: str) -> Dict[str, Any]:
         "by_reason": dict(sorted(quarantine["by_reason"].items())),
         "by_method": dict(sorted(methods.items())),
         "subjects": {s: int(raw["subjects"].get(s, 0)) for s in SPLIT_NAMES},
+        "folds": raw.get("folds", {}),
         "split": spec.split.describe(),
     }
     return counts
@@ -319,7 +368,7 @@ def check_splits(spec: DataSpec, counts: Dict[str, Any]) -> None:
     for name in SPLIT_NAMES:
         if counts[name]:
             continue
-        if split.kfold:
+        if split.eval_fold is not None:
             k, fold = split.kfold
             hint = (f"{subjects} subjects, {k}-fold, fold {fold} — use fewer folds or add "
                     "subjects")
@@ -366,8 +415,9 @@ def ingest(spec: Union[DataSpec, dict, str], output_dir: str,
 
     Returns the counts: ``train``, ``eval``, ``total``, ``quarantined``,
     ``no_eyes_fallback``, ``by_dataset`` ({dataset: {train, eval}}),
-    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``split``, plus
-    ``examples_dir`` and ``quarantine_path``.
+    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``folds``
+    ({dataset: {fold: {examples, subjects, emotions}}}, empty without k-fold),
+    ``split``, plus ``examples_dir`` and ``quarantine_path``.
 
     Raises:
       EmptySourceError: a source has no usable sample.

@@ -17,7 +17,9 @@ to read, how to split them, how to align faces.
       eval_fraction: 0.2
       seed: 0
       use_source_split: false        # true: a source's own split (train -> train, val/test -> eval)
-      kfold: null                    # {k: 10, fold: 3}: subject-disjoint k-fold, eval = that fold
+      kfold: null                    # {k: 10}: every example gets its fold (StratifiedGroupKFold
+                                     # by subject and emotion, seed above); {k: 10, fold: 3}:
+                                     # also eval = fold 3 (for sources without own split)
     image_size: 64                   # stored aligned face size (px)
     detector: haar                   # haar | none
     max_per_source: null             # optional cap for quick runs
@@ -218,7 +220,7 @@ class SplitSpec:
     eval_fraction: float = 0.2
     seed: int = 0
     use_source_split: bool = False
-    kfold: Optional[Tuple[int, int]] = None   # (k, fold)
+    kfold: Optional[Tuple[int, Optional[int]]] = None   # (k, eval fold or None)
 
     FIELDS = ("eval_fraction", "seed", "use_source_split", "kfold")
 
@@ -236,28 +238,43 @@ class SplitSpec:
             if isinstance(kfold, (list, tuple)) and len(kfold) == 2:
                 kfold = {"k": kfold[0], "fold": kfold[1]}
             _check_keys(kfold, ("k", "fold"), f"{where}.kfold")
-            if "k" not in kfold or "fold" not in kfold:
-                raise SpecError(f"{where}.kfold: both k and fold are required, e.g. "
-                                "{k: 10, fold: 3}")
+            if "k" not in kfold:
+                raise SpecError(f"{where}.kfold: k is required, e.g. {{k: 10}} (every example "
+                                "gets its fold) or {k: 10, fold: 3} (and eval = fold 3)")
             k = _as_int(kfold["k"], f"{where}.kfold.k", 2)
-            fold = _as_int(kfold["fold"], f"{where}.kfold.fold", 0, k - 1)
-            if use_source:
-                raise SpecError(f"{where}: use_source_split and kfold exclude each other")
+            fold = kfold.get("fold")
+            if fold is not None:
+                fold = _as_int(fold, f"{where}.kfold.fold", 0, k - 1)
             kfold = (k, fold)
         return cls(eval_fraction=float(frac), seed=seed, use_source_split=use_source,
                    kfold=kfold)
 
+    @property
+    def eval_fold(self) -> Optional[int]:
+        """The fold that is the eval split (None: eval_fraction decides)."""
+        return None if self.kfold is None else self.kfold[1]
+
     def to_dict(self) -> dict:
+        kfold = None
+        if self.kfold is not None:
+            kfold = {"k": self.kfold[0]}
+            if self.kfold[1] is not None:
+                kfold["fold"] = self.kfold[1]
         return {"eval_fraction": self.eval_fraction, "seed": self.seed,
-                "use_source_split": self.use_source_split,
-                "kfold": None if self.kfold is None else {"k": self.kfold[0],
-                                                          "fold": self.kfold[1]}}
+                "use_source_split": self.use_source_split, "kfold": kfold}
 
     def describe(self) -> str:
+        hashed = f"eval_fraction {self.eval_fraction:g} by subject (seed {self.seed})"
+        if self.kfold and self.eval_fold is not None:
+            what = f"eval = fold {self.eval_fold}"
+        else:
+            what = hashed
+        if self.use_source_split:
+            what = "the sources' own splits, else " + what
         if self.kfold:
-            return f"subject-disjoint {self.kfold[0]}-fold, eval = fold {self.kfold[1]}"
-        what = f"eval_fraction {self.eval_fraction:g} by subject (seed {self.seed})"
-        return ("the sources' own splits, else " + what) if self.use_source_split else what
+            what = (f"stratified subject-disjoint {self.kfold[0]}-fold (seed {self.seed}), "
+                    + what)
+        return what
 
 
 @dataclasses.dataclass
