@@ -51,6 +51,8 @@ FILE_PREFIX = "data_tfrecord"                    # like ExampleGen: Split-x/data
 QUARANTINE_FILE = "quarantine.json"
 COUNTS_FILE = "counts.json"
 QUARANTINE_TAG = "quarantine"
+# Label kinds counted per dataset in counts.json ("labels").
+LABEL_KINDS = ("emotion", "aus", "landmarks")
 # ingest()'s runner when beam_args name none: Beam's in-process portable runner.
 # (Beam 2.74's DirectRunner first tries to download the Prism runner binary from
 # the internet, then falls back to this one; FnApiRunner honours
@@ -76,7 +78,7 @@ def iter_source(source: SourceSpec, quarantine: Quarantine,
     au = source.au_table
     if au:
         opts.update(au_table=au.path, au_key=au.key, au_id_column=au.id_column,
-                    au_intensity_max=au.intensity_max)
+                    au_intensity_max=au.intensity_max, au_missing=au.missing)
     samples = readers.read_source(source.reader, source.path, source.dataset, quarantine,
                                   **opts)
     mask = contract.label_set_mask(source.label_set) if source.label_set else None
@@ -204,7 +206,9 @@ def _serialize(element) -> bytes:
 def _count_record(element):
     split, sample, method = element
     emotion = contract.EMOTIONS[sample.emotion] if sample.emotion >= 0 else "(none)"
-    return split, sample.dataset, splits_lib.split_key(sample), method, sample.fold, emotion
+    labels = (sample.emotion >= 0, bool(sample.aus_mask.any()), sample.landmarks_mask > 0)
+    return (split, sample.dataset, splits_lib.split_key(sample), method, sample.fold, emotion,
+            labels)
 
 
 def _new_fold() -> Dict[str, Any]:
@@ -213,14 +217,19 @@ def _new_fold() -> Dict[str, Any]:
 
 class CountFn(beam.CombineFn):
     """Examples per split, per dataset and split, per alignment method, the
-    distinct split keys (subjects) per split, and per fold (when k-fold) the
-    examples, subjects and emotions of each dataset."""
+    distinct split keys (subjects) per split, the examples of each dataset
+    with each label kind, and per fold (when k-fold) the examples, subjects
+    and emotions of each dataset."""
 
     def create_accumulator(self):
-        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}, "folds": {}}
+        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}, "folds": {},
+                "labels": {}}
 
     def add_input(self, acc, record):
-        split, dataset, key, method, fold, emotion = record
+        split, dataset, key, method, fold, emotion, labels = record
+        per_l = acc["labels"].setdefault(dataset, dict.fromkeys(LABEL_KINDS, 0))
+        for kind, has in zip(LABEL_KINDS, labels):
+            per_l[kind] += int(has)
         if fold >= 0:
             per_f = acc["folds"].setdefault(dataset, {}).setdefault(fold, _new_fold())
             per_f["examples"] += 1
@@ -249,6 +258,10 @@ class CountFn(beam.CombineFn):
                     o[m] = o.get(m, 0) + n
             for split, keys in acc["subjects"].items():
                 out["subjects"].setdefault(split, set()).update(keys)
+            for ds, per in acc["labels"].items():
+                o = out["labels"].setdefault(ds, dict.fromkeys(LABEL_KINDS, 0))
+                for kind, n in per.items():
+                    o[kind] += n
             for ds, per in acc["folds"].items():
                 for fold, f in per.items():
                     o = out["folds"].setdefault(ds, {}).setdefault(fold, _new_fold())
@@ -261,6 +274,7 @@ class CountFn(beam.CombineFn):
     def extract_output(self, acc):
         return {"splits": acc["splits"], "datasets": acc["datasets"], "methods": acc["methods"],
                 "subjects": {s: len(k) for s, k in acc["subjects"].items()},
+                "labels": {ds: dict(per) for ds, per in sorted(acc["labels"].items())},
                 "folds": {ds: {str(fold): {"examples": f["examples"],
                                            "subjects": len(f["subjects"]),
                                            "emotions": dict(sorted(f["emotions"].items()))}
@@ -351,6 +365,7 @@ def summarize(spec: DataSpec, report_dir: str) -> Dict[str, Any]:
         "by_reason": dict(sorted(quarantine["by_reason"].items())),
         "by_method": dict(sorted(methods.items())),
         "subjects": {s: int(raw["subjects"].get(s, 0)) for s in SPLIT_NAMES},
+        "labels": raw.get("labels", {}),
         "folds": raw.get("folds", {}),
         "split": spec.split.describe(),
     }
@@ -415,7 +430,8 @@ def ingest(spec: Union[DataSpec, dict, str], output_dir: str,
 
     Returns the counts: ``train``, ``eval``, ``total``, ``quarantined``,
     ``no_eyes_fallback``, ``by_dataset`` ({dataset: {train, eval}}),
-    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``folds``
+    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``labels``
+    ({dataset: examples with an emotion / AUs / landmarks}), ``folds``
     ({dataset: {fold: {examples, subjects, emotions}}}, empty without k-fold),
     ``split``, plus ``examples_dir`` and ``quarantine_path``.
 

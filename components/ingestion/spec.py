@@ -10,7 +10,8 @@ to read, how to split them, how to align faces.
         dataset: fer2013
         domain: wild                 # optional, default = the reader's (the dataset name)
         label_set: [anger, disgust, fear, happiness, sadness, surprise, neutral]  # optional
-        au_table: {path: aus.csv, key: stem}   # optional (also id_column, intensity_max)
+        au_table: {path: aus.csv, key: stem}   # optional: key stem | path | uid | sequence
+                                     # (also id_column, intensity_max, missing: keep | quarantine)
         aligned: true                # already cropped faces: resize only, no detection
         options: {}                  # the reader's keyword options
     split:
@@ -45,7 +46,7 @@ from components import contract, readers
 from components.readers import synthetic_faces, tfrecord
 
 DETECTORS = ("haar", "none")
-AU_KEYS = ("stem", "path", "uid")
+AU_KEYS = readers.JOIN_KEYS
 SYNTHETIC_DATASET = synthetic_faces.DEFAULT_DATASET
 # Fields of a source that are top-level spec fields, not reader options.
 _TOP_LEVEL_OPTIONS = ("label_set", "domain", "au_table", "path", "dataset")
@@ -93,8 +94,9 @@ class AUTableSpec:
     key: str = "stem"
     id_column: Optional[str] = None
     intensity_max: Union[str, float] = "auto"
+    missing: str = "keep"        # a sample without a row: keep (no AUs) | quarantine
 
-    FIELDS = ("path", "key", "id_column", "intensity_max")
+    FIELDS = ("path", "key", "id_column", "intensity_max", "missing")
 
     @classmethod
     def from_value(cls, value, base_dir: Optional[str], where: str) -> "AUTableSpec":
@@ -109,8 +111,12 @@ class AUTableSpec:
         im = value.get("intensity_max", "auto")
         if im != "auto" and (isinstance(im, bool) or not isinstance(im, (int, float)) or im <= 0):
             raise SpecError(f"{where}.intensity_max: 'auto' or a positive number, got {im!r}")
+        missing = value.get("missing", "keep")
+        if missing not in readers.MISSING_ROW:
+            raise SpecError(f"{where}.missing: one of {list(readers.MISSING_ROW)}, "
+                            f"got {missing!r}")
         return cls(path=_resolve(value["path"], base_dir), key=key,
-                   id_column=value.get("id_column"), intensity_max=im)
+                   id_column=value.get("id_column"), intensity_max=im, missing=missing)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.FIELDS}

@@ -31,7 +31,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Uni
 from components import contract, synthetic
 from components.quarantine import Quarantine
 from components.readers._common import EmptySourceError, split_name
-from components.readers.au_table import AUTable, join_au_table, read_au_table, sample_key
+from components.readers.au_table import (JOIN_KEYS, MISSING_ROW, AUTable, join_au_table,
+                                         read_au_table, sample_key)
 from components.readers.class_folders import read_class_folders
 from components.readers.fer2013_csv import read_fer2013_csv
 from components.readers.jaffe import JAFFE_NAME, read_jaffe
@@ -56,7 +57,8 @@ _OPTIONS_OF = {"synthetic": synthetic.generate}
 # A reader's leading arguments, which are no options.
 _READER_ARGS = ("path", "dataset", "quarantine")
 
-__all__ = ["READERS", "PATHLESS_READERS", "NAMING_READERS", "read_source", "detect_reader",
+__all__ = ["READERS", "PATHLESS_READERS", "NAMING_READERS", "JOIN_KEYS", "MISSING_ROW",
+           "read_source", "detect_reader",
            "reader_options", "dataset_names", "join_au_table", "read_au_table",
            "AUTable", "EmptySourceError", "sample_key", "parse_pts",
            "read_class_folders", "read_fer2013_csv", "read_jaffe", "read_pts_landmarks",
@@ -94,6 +96,7 @@ def read_source(reader: str, path: str, dataset: str, quarantine: Quarantine, *,
                 au_key: str = "stem",
                 au_id_column: Optional[str] = None,
                 au_intensity_max: Union[str, float] = "auto",
+                au_missing: str = "keep",
                 **options) -> Iterator[contract.FaceSample]:
     """Samples of one source, as an ingestion spec names it.
 
@@ -104,7 +107,8 @@ def read_source(reader: str, path: str, dataset: str, quarantine: Quarantine, *,
       quarantine: collects every rejected input with its reason.
       au_table: optional AU CSV joined onto the samples (:func:`join_au_table`
         with ``key=au_key``, ``id_column=au_id_column``,
-        ``intensity_max=au_intensity_max``).
+        ``intensity_max=au_intensity_max``, ``missing=au_missing``). A table
+        kept inside a class-folder tree (CK+'s ``facs.csv``) is no input of it.
       **options: the reader's keyword options (``domain``, ``progress``,
         ``label_set`` ...).
 
@@ -116,14 +120,23 @@ def read_source(reader: str, path: str, dataset: str, quarantine: Quarantine, *,
         raise ValueError(f"unknown reader {reader!r}; one of {sorted(READERS)}")
     if not dataset and reader not in NAMING_READERS:
         raise ValueError("a dataset name is required")
+    if au_table and reader == "class_folders" and path and _inside(au_table, path):
+        options["exclude"] = list(options.get("exclude", ())) + [
+            os.path.relpath(os.path.abspath(au_table), os.path.abspath(path))]
     try:
         samples = READERS[reader](path, dataset, quarantine, **options)
     except TypeError as err:  # an option the reader does not take
         raise ValueError(f"reader {reader!r}: {err}") from err
     if au_table:
         samples = join_au_table(samples, au_table, quarantine, key=au_key,
-                                id_column=au_id_column, intensity_max=au_intensity_max)
+                                id_column=au_id_column, intensity_max=au_intensity_max,
+                                missing=au_missing)
     return samples
+
+
+def _inside(file, folder) -> bool:
+    file, folder = os.path.abspath(file), os.path.abspath(folder)
+    return os.path.commonpath([file, folder]) == folder
 
 
 def _is_class_tree(root: pathlib.Path) -> bool:

@@ -4,7 +4,8 @@ Two layouts are read, and may be mixed::
 
     root/train/angry/Training_10118481.jpg      # FER2013 Kaggle: split/class/file
     root/val/happy/PublicTest_11311174.jpg
-    root/anger/S010_004_00000017.png            # CK+48: class/file, no split
+    root/anger/S010_004_00000017.png            # CK+48: class/file, no split;
+                                                # subject S010, sequence S010_004
 
 Split folder names map to contract splits (``train``/``training`` -> train,
 ``val``/``validation``/``publictest`` -> val, ``test``/``privatetest`` -> test).
@@ -24,8 +25,15 @@ from components import contract
 from components.quarantine import Quarantine
 from components.readers import _common
 
-# CK+ file names carry the subject: S005_001_00000011.png -> S005.
+# CK+ file names carry the subject and the sequence: S005_001_00000011.png ->
+# subject S005, sequence S005_001 (frame 11).
 DEFAULT_SUBJECT_PATTERN = r"^(S\d+)_\d+"
+DEFAULT_SEQUENCE_PATTERN = r"^(S\d+_\d+)_\d+"
+
+
+def _first_group(pattern: Optional[re.Pattern], text: str) -> str:
+    match = pattern.search(text) if pattern else None
+    return match.group(1) if match else ""
 
 
 def _class_index(name: str) -> Optional[int]:
@@ -35,14 +43,17 @@ def _class_index(name: str) -> Optional[int]:
         return None
 
 
-def _scan(root: pathlib.Path, quarantine: Quarantine
+def _scan(root: pathlib.Path, quarantine: Quarantine, excluded=frozenset()
           ) -> List[Tuple[pathlib.Path, str, str]]:
     """(class folder, class name, split) for every class folder under ``root``;
-    stray files outside any class folder are quarantined."""
+    stray files outside any class folder are quarantined, unless ``excluded``
+    (resolved paths)."""
     root_split = _common.split_name(root.name) or ""
     folders = []
 
     def stray(path: pathlib.Path):
+        if path.resolve() in excluded:
+            return
         quarantine.add(path, "no_class_folder",
                        "file is not inside a class folder (root/<class>/ or root/<split>/<class>/)")
 
@@ -65,6 +76,8 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
                        label_set: Optional[Sequence] = None,
                        domain: str = "",
                        subject_pattern: str = DEFAULT_SUBJECT_PATTERN,
+                       sequence_pattern: str = DEFAULT_SEQUENCE_PATTERN,
+                       exclude: Sequence[str] = (),
                        progress: bool = False) -> Iterator[contract.FaceSample]:
     """Yield one sample per image in per-class folders.
 
@@ -74,12 +87,17 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
       quarantine: collects rejected files: ``unknown_class`` (each file of a
         class folder whose name is no known emotion), ``class_not_in_label_set``,
         ``no_class_folder``, ``unsupported_file`` (not an image),
-        ``empty_file``, ``undecodable_image``.
+        ``empty_file``, ``undecodable_image``, ``image_too_small`` (under
+        16 x 16 px).
       label_set: emotions (names or indices) the dataset labels; default the
         union of the known classes found in the tree.
       domain: capture domain (default: the dataset name).
       subject_pattern: regex whose first group is the subject id, searched in
         the file stem; files it does not match get subject "".
+      sequence_pattern: regex whose first group is the sequence id (CK+:
+        ``S005_001``), searched in the file stem; no match gives sequence "".
+      exclude: paths relative to ``root`` that are no input (e.g. an AU table
+        kept in the tree, ``facs.csv``); not reported.
       progress: show a tqdm progress bar.
 
     Raises:
@@ -87,12 +105,15 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
     """
     root = _common.require_dir(path, "class_folders")
     subject_re = re.compile(subject_pattern) if subject_pattern else None
+    sequence_re = re.compile(sequence_pattern) if sequence_pattern else None
+    excluded = {(root / e).resolve() for e in ([exclude] if isinstance(exclude, str)
+                                               else exclude)}
 
     # Collect the work first: the default label set needs the whole tree.
     jobs = []  # (file, emotion index, split)
     found = set()
-    for folder, class_name, split in _scan(root, quarantine):
-        files = _common.list_files(folder)
+    for folder, class_name, split in _scan(root, quarantine, excluded):
+        files = [f for f in _common.list_files(folder) if f.resolve() not in excluded]
         emotion = _class_index(class_name)
         if emotion is None:
             for f in files:
@@ -118,10 +139,10 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
             loaded = _common.load_image(f, quarantine)
             if loaded is None:
                 continue
-            match = subject_re.search(f.stem) if subject_re else None
             yield contract.FaceSample(
                 image=loaded[0], dataset=dataset, uid=_common.relative_uid(dataset, root, f),
                 emotion=emotion, emotion_mask=mask.copy(), domain=domain, split=split,
-                subject=match.group(1) if match else "")
+                subject=_first_group(subject_re, f.stem),
+                sequence=_first_group(sequence_re, f.stem))
 
     return _common.non_empty(samples(), "class_folders", path, quarantine)

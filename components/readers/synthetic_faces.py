@@ -21,8 +21,8 @@ def read_synthetic(path, dataset: Optional[str], quarantine: Quarantine, *,
                    progress: bool = False, **options) -> Iterator[contract.FaceSample]:
     """Samples of :func:`synthetic.generate` with ``options``.
 
-    ``path`` must be None. Faces under :data:`_common.MIN_FACE_SIZE` pixels
-    (``size`` too small) are quarantined as ``image_too_small``.
+    ``path`` must be None. No face is too small to be one: ``generate``
+    refuses a ``size`` under 24 px with a ValueError.
 
     Raises:
       ValueError: a path was given, or an option ``generate`` does not take.
@@ -38,9 +38,6 @@ def read_synthetic(path, dataset: Optional[str], quarantine: Quarantine, *,
 
     def samples():
         for sample in _common.progress(generated, progress, desc=f"{name} faces", unit="face"):
-            width, height = _common.encoded_size(sample.image)
-            if _common.too_small(width, height, sample.uid, quarantine):
-                continue
             sample.dataset = f"{name}_{sample.domain}"
             yield sample
 
