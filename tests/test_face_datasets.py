@@ -237,3 +237,25 @@ def test_data_import_quarantines_a_one_pixel_png(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "quarantine.json").read_text())
     assert report["by_reason"] == {"image_too_small": 1}
     assert report["entries"][0]["source"].endswith("pixel.png")
+
+
+# --- the shipped data specs (parsed only: nothing under shared/ is read) --------------
+@pytest.mark.parametrize("name, k, eval_fold, datasets", [
+    ("ckplus48", 10, 0, ["ckplus48"]),
+    ("helen_train", 5, 0, ["helen"]),
+    ("fer2013_ckplus48", 10, 0, ["fer2013", "ckplus48"]),
+    ("ckplus48_helen", 5, 0, ["ckplus48", "helen"]),
+])
+def test_data_specs_of_the_real_datasets_load(name, k, eval_fold, datasets):
+    from components.ingestion.spec import DataSpec
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "pipeline", "configs", "data", f"{name}.yaml")
+    spec = DataSpec.from_yaml(path)
+    assert spec.split.kfold == (k, eval_fold) and spec.dataset_names() == datasets
+    shared = os.path.normpath(os.path.join(os.path.dirname(path), "../../../../shared/datasets"))
+    for source in spec.sources:
+        assert source.path.startswith(shared + os.sep) and source.aligned
+        if source.dataset == "ckplus48":
+            assert source.au_table.key == "sequence" and len(source.label_set) == 7
+            assert source.au_table.path == os.path.join(source.path, "facs.csv")
