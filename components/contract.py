@@ -36,6 +36,10 @@ feature              type        meaning
 A sample with no label of a kind carries a zero mask and zero values, never a
 fake label. Class-name synonyms across datasets map to :data:`EMOTIONS` only
 through :func:`canonical_emotion`.
+
+TensorFlow is imported inside the functions that build or parse examples: the
+contract itself (samples, labels, PNG coding) is used without it by the
+readers, the spec checks and the CLI.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import io
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 # FER2013's order first (its CSV indices map 1:1), then contempt (CK+).
 EMOTIONS: tuple = (
@@ -117,8 +122,6 @@ def au_index(au) -> int:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """PNG bytes of a grayscale ``uint8`` array (H, W) or (H, W, 1)."""
-    from PIL import Image
-
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -133,8 +136,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def decode_png(data: bytes) -> np.ndarray:
     """Grayscale ``uint8`` (H, W) array from encoded image bytes."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("L"))
 

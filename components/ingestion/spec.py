@@ -42,6 +42,8 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import yaml
+
 from components import contract, readers
 from components.readers import synthetic_faces, tfrecord
 
@@ -317,8 +319,6 @@ class DataSpec:
 
     @classmethod
     def from_yaml(cls, path: str) -> "DataSpec":
-        import yaml
-
         if not os.path.exists(path):
             raise SpecError(f"data spec file not found: {path}")
         with open(path) as f:

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from components import contract
 from components.quarantine import Quarantine
@@ -140,8 +141,6 @@ def progress(iterable: Iterable, enabled: bool, desc: str = "",
     """``iterable`` wrapped in a tqdm bar (on stderr) when ``enabled``."""
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 
 
