@@ -245,6 +245,7 @@ def test_data_import_quarantines_a_one_pixel_png(tmp_path, capsys):
     ("helen_train", 5, 0, ["helen"]),
     ("fer2013_ckplus48", 10, 0, ["fer2013", "ckplus48"]),
     ("ckplus48_helen", 5, 0, ["ckplus48", "helen"]),
+    ("ckplus48_last_frame", 5, 0, ["ckplus48"]),
 ])
 def test_data_specs_of_the_real_datasets_load(name, k, eval_fold, datasets):
     from components.ingestion.spec import DataSpec
@@ -259,3 +260,20 @@ def test_data_specs_of_the_real_datasets_load(name, k, eval_fold, datasets):
         if source.dataset == "ckplus48":
             assert source.au_table.key == "sequence" and len(source.label_set) == 7
             assert source.au_table.path == os.path.join(source.path, "facs.csv")
+
+
+def test_last_frames_keeps_the_last_frame_of_each_sequence(tmp_path):
+    """The trace-norm protocol's "last frame" cut of CK+48 (3 frames a sequence)."""
+    _ck_tree(tmp_path / "ck")
+    write_image(tmp_path / "ck" / "happy" / "odd_name.png", size=(48, 48))
+    q = Quarantine()
+    samples = list(read_class_folders(tmp_path / "ck", "ck", q, exclude="facs.csv",
+                                      last_frames=1))
+    assert sorted(s.uid.rsplit("_", 1)[1] for s in samples) == ["00000011.png"] * 7
+    assert len({s.sequence for s in samples}) == 7
+    assert q.by_reason() == {"not_in_last_frames": 14, "no_sequence_frame": 1}
+    two = list(read_class_folders(tmp_path / "ck", "ck", Quarantine(), exclude="facs.csv",
+                                  last_frames=2))
+    assert len(two) == 14 and {s.uid[-6:-4] for s in two} == {"10", "11"}
+    with pytest.raises(ValueError, match="last_frames"):
+        list(read_class_folders(tmp_path / "ck", "ck", Quarantine(), last_frames=0))

@@ -17,6 +17,7 @@ of a class folder.
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import re
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -29,11 +30,37 @@ from components.readers import _common
 # subject S005, sequence S005_001 (frame 11).
 DEFAULT_SUBJECT_PATTERN = r"^(S\d+)_\d+"
 DEFAULT_SEQUENCE_PATTERN = r"^(S\d+_\d+)_\d+"
+# The frame number: the last digits of the stem (S005_001_00000011 -> 11).
+FRAME_PATTERN = re.compile(r"(\d+)$")
 
 
 def _first_group(pattern: Optional[re.Pattern], text: str) -> str:
     match = pattern.search(text) if pattern else None
     return match.group(1) if match else ""
+
+
+def _last_frames(jobs, n: int, sequence_re, quarantine: Quarantine):
+    """The jobs of the last ``n`` frames of each sequence (see read_class_folders)."""
+    if n < 1:
+        raise ValueError(f"class_folders: last_frames must be >= 1, got {n}")
+    frames = collections.defaultdict(list)  # sequence -> [(frame, job)]
+    for job in jobs:
+        stem = job[0].stem
+        sequence, frame = _first_group(sequence_re, stem), FRAME_PATTERN.search(stem)
+        if not sequence or not frame:
+            quarantine.add(job[0], "no_sequence_frame",
+                           "last_frames needs a sequence and a frame number in the file name")
+            continue
+        frames[sequence].append((int(frame.group(1)), job))
+    kept = []
+    for sequence, items in frames.items():
+        items.sort(key=lambda item: item[0])
+        for frame, job in items[:-n]:
+            quarantine.add(job[0], "not_in_last_frames",
+                           f"frame {frame} of {sequence}: only its last {n} of "
+                           f"{len(items)} frames are kept")
+        kept += [job for _, job in items[-n:]]
+    return sorted(kept, key=lambda job: job[0])
 
 
 def _class_index(name: str) -> Optional[int]:
@@ -78,6 +105,7 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
                        subject_pattern: str = DEFAULT_SUBJECT_PATTERN,
                        sequence_pattern: str = DEFAULT_SEQUENCE_PATTERN,
                        exclude: Sequence[str] = (),
+                       last_frames: Optional[int] = None,
                        progress: bool = False) -> Iterator[contract.FaceSample]:
     """Yield one sample per image in per-class folders.
 
@@ -98,6 +126,11 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
         ``S005_001``), searched in the file stem; no match gives sequence "".
       exclude: paths relative to ``root`` that are no input (e.g. an AU table
         kept in the tree, ``facs.csv``); not reported.
+      last_frames: keep only the last N frames (highest frame numbers, the
+        stem's trailing digits) of each sequence, e.g. 1 for the "last frame"
+        CK+ protocols; the other frames are quarantined as
+        ``not_in_last_frames``, images without a sequence or frame number as
+        ``no_sequence_frame``.
       progress: show a tqdm progress bar.
 
     Raises:
@@ -129,6 +162,8 @@ def read_class_folders(path, dataset: str, quarantine: Quarantine, *,
                                f"not an image ({f.suffix or 'no extension'})")
 
     mask = contract.label_set_mask(label_set if label_set is not None else sorted(found))
+    if last_frames is not None:
+        jobs = _last_frames(jobs, int(last_frames), sequence_re, quarantine)
 
     def samples():
         for f, emotion, split in _common.progress(jobs, progress, desc=f"{dataset} images"):
