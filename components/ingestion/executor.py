@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import apache_beam as beam
 import tensorflow as tf
