@@ -27,11 +27,19 @@ feature              type        meaning
                                  Oulu-CASIA video, one synthetic render condition);
                                  "" when unknown. Added after the first release:
                                  :func:`parse_spec` reads older records as ""
+``fold``             int64       k-fold of the sample's subject, written by
+                                 FaceIngestion with ``split.kfold``; ``-1`` = no
+                                 k-fold. Added after ``sequence``: older records
+                                 read as -1
 ===================  ==========  =====================================================
 
 A sample with no label of a kind carries a zero mask and zero values, never a
 fake label. Class-name synonyms across datasets map to :data:`EMOTIONS` only
 through :func:`canonical_emotion`.
+
+TensorFlow is imported inside the functions that build or parse examples: the
+contract itself (samples, labels, PNG coding) is used without it by the
+readers, the spec checks and the CLI.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import io
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 # FER2013's order first (its CSV indices map 1:1), then contempt (CK+).
 EMOTIONS: tuple = (
@@ -113,8 +122,6 @@ def au_index(au) -> int:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """PNG bytes of a grayscale ``uint8`` array (H, W) or (H, W, 1)."""
-    from PIL import Image
-
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -129,8 +136,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def decode_png(data: bytes) -> np.ndarray:
     """Grayscale ``uint8`` (H, W) array from encoded image bytes."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("L"))
 
@@ -156,6 +161,7 @@ class FaceSample:
     domain: str = ""
     split: str = ""
     sequence: str = ""
+    fold: int = -1
 
     def __post_init__(self):
         self.emotion_mask = np.asarray(self.emotion_mask, np.float32).reshape(NUM_EMOTIONS)
@@ -164,6 +170,7 @@ class FaceSample:
         self.landmarks = np.asarray(self.landmarks, np.float32).reshape(NUM_LANDMARKS, 2)
         self.landmarks_mask = float(self.landmarks_mask)
         self.emotion = int(self.emotion)
+        self.fold = int(self.fold)
         if not self.domain:
             self.domain = self.dataset
         self.validate()
@@ -201,6 +208,8 @@ class FaceSample:
             raise ContractError(f"{self.uid}: landmarks without landmarks_mask must be 0")
         if not np.isfinite(self.landmarks).all():
             raise ContractError(f"{self.uid}: landmarks must be finite")
+        if self.fold < -1:
+            raise ContractError(f"{self.uid}: fold {self.fold} is neither -1 nor a fold index")
 
     # --- tf.train.Example -------------------------------------------------
     def to_example(self):
@@ -232,6 +241,7 @@ class FaceSample:
             "split": b(self.split),
             "uid": b(self.uid),
             "sequence": b(self.sequence),
+            "fold": i(self.fold),
         }))
 
     def serialize(self) -> bytes:
@@ -251,24 +261,31 @@ class FaceSample:
                 return ""
             return feat[k].bytes_list.value[0].decode("utf-8")
 
+        def n(k):
+            if k in OPTIONAL_INT64 and k not in feat:
+                return OPTIONAL_INT64[k]
+            return feat[k].int64_list.value[0]
+
         return cls(
             image=feat["image"].bytes_list.value[0],
-            emotion=feat["emotion"].int64_list.value[0],
+            emotion=n("emotion"),
             emotion_mask=list(feat["emotion_mask"].float_list.value),
             aus=list(feat["aus"].float_list.value),
             aus_mask=list(feat["aus_mask"].float_list.value),
             landmarks=list(feat["landmarks"].float_list.value),
             landmarks_mask=feat["landmarks_mask"].float_list.value[0],
             subject=s("subject"), dataset=s("dataset"), domain=s("domain"),
-            split=s("split"), uid=s("uid"), sequence=s("sequence"))
+            split=s("split"), uid=s("uid"), sequence=s("sequence"), fold=n("fold"))
 
     def pixels(self) -> np.ndarray:
         """Decoded grayscale image."""
         return decode_png(self.image)
 
 
-# Bytes features added after the first release; records written before lack them.
+# Features added after the first release; records written before lack them and
+# read as "" (bytes) or the value given here (int64).
 OPTIONAL_BYTES: tuple = ("sequence",)
+OPTIONAL_INT64: Dict[str, int] = {"fold": -1}
 
 
 def feature_spec() -> Dict[str, object]:
@@ -290,17 +307,21 @@ def feature_spec() -> Dict[str, object]:
         "split": tf.io.FixedLenFeature([], tf.string),
         "uid": tf.io.FixedLenFeature([], tf.string),
         "sequence": tf.io.FixedLenFeature([], tf.string),
+        "fold": tf.io.FixedLenFeature([], tf.int64),
     }
 
 
 def parse_spec() -> Dict[str, object]:
     """``tf.io.parse_example`` spec of the contract: :func:`feature_spec` with
-    "" for the :data:`OPTIONAL_BYTES` features, so older TFRecords still parse."""
+    defaults for the :data:`OPTIONAL_BYTES` ("") and :data:`OPTIONAL_INT64`
+    features, so older TFRecords still parse."""
     import tensorflow as tf
 
     spec = feature_spec()
     for k in OPTIONAL_BYTES:
         spec[k] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    for k, default in OPTIONAL_INT64.items():
+        spec[k] = tf.io.FixedLenFeature([], tf.int64, default_value=default)
     return spec
 
 
@@ -328,13 +349,15 @@ def read_tfrecord(paths, compression: Optional[str] = None) -> Iterable[FaceSamp
 
 
 def counts(samples: Iterable[FaceSample]) -> Mapping[str, Mapping[str, int]]:
-    """Counts per emotion, dataset, domain, subject and split (for ``data inspect``)."""
+    """Counts per emotion, dataset, domain, subject, split and fold (for ``data inspect``)."""
     out: Dict[str, Dict[str, int]] = {k: {} for k in
-                                      ("emotion", "dataset", "domain", "subject", "split")}
+                                      ("emotion", "dataset", "domain", "subject", "split",
+                                       "fold")}
     for s in samples:
         keys = {"emotion": EMOTIONS[s.emotion] if s.emotion >= 0 else "(none)",
                 "dataset": s.dataset, "domain": s.domain,
-                "subject": s.subject or "(unknown)", "split": s.split or "(none)"}
+                "subject": s.subject or "(unknown)", "split": s.split or "(none)",
+                "fold": str(s.fold) if s.fold >= 0 else "(none)"}
         for k, v in keys.items():
             out[k][v] = out[k].get(v, 0) + 1
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 
-def write_image(path, size=(12, 10), mode="L", seed=0) -> np.ndarray:
+def write_image(path, size=(20, 18), mode="L", seed=0) -> np.ndarray:
     """Write a random image of ``size`` (width, height) in PIL ``mode``; the
     format follows the extension. Returns the pixels written."""
     from PIL import Image

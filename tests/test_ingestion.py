@@ -6,6 +6,7 @@ read from shared datasets.
 """
 
 import collections
+import dataclasses
 import glob
 import json
 import os
@@ -74,6 +75,18 @@ def test_spec_yaml_resolves_paths_and_round_trips_through_json(tmp_path):
     assert DataSpec.load(str(tmp_path / "spec.yaml")) == spec
 
 
+def test_kfold_spec_with_k_alone_or_with_an_eval_fold():
+    alone = DataSpec.from_dict(_synth_spec(split={"kfold": {"k": 10}, "seed": 2}))
+    assert alone.split.kfold == (10, None) and alone.split.eval_fold is None
+    assert alone.split.to_dict()["kfold"] == {"k": 10}
+    assert "10-fold" in alone.split.describe() and "eval_fraction" in alone.split.describe()
+    both = DataSpec.from_dict(_synth_spec(split={"kfold": [5, 1], "use_source_split": True}))
+    assert both.split.kfold == (5, 1) and both.split.to_dict()["kfold"] == {"k": 5, "fold": 1}
+    assert "sources' own splits, else eval = fold 1" in both.split.describe()
+    for spec in (alone, both):
+        assert DataSpec.from_json(spec.to_json()) == spec
+
+
 @pytest.mark.parametrize("patch, field", [
     ({"sources": []}, "sources"),
     ({"sources": [{"reader": "nope", "path": "x", "dataset": "d"}]}, "sources[0].reader"),
@@ -87,7 +100,9 @@ def test_spec_yaml_resolves_paths_and_round_trips_through_json(tmp_path):
                    "options": {"label_set": ["anger"]}}]}, "sources[0].options.label_set"),
     ({"split": {"eval_fraction": 1.5}}, "split.eval_fraction"),
     ({"split": {"kfold": {"k": 3, "fold": 3}}}, "split.kfold.fold"),
-    ({"split": {"use_source_split": True, "kfold": {"k": 3, "fold": 0}}}, "split"),
+    ({"split": {"kfold": {"fold": 0}}}, "split.kfold"),
+    ({"split": {"kfold": {"k": 1}}}, "split.kfold.k"),
+    ({"split": {"kfold": {"k": 3, "folds": 1}}}, "split.kfold"),
     ({"detector": "dlib"}, "detector"),
     ({"image_size": 4}, "image_size"),
     ({"max_per_source": 0}, "max_per_source"),
@@ -141,24 +156,70 @@ def test_eval_fraction_is_about_right_and_stable():
                        "big") / 2 ** 64)
 
 
-def test_folds_are_subject_disjoint_and_cover_every_sample_once():
-    samples = _samples(60, 5)
-    k = 5
-    folds = collections.defaultdict(list)
+def _ck_like(n_subjects=40, seed=0):
+    """CK+-like samples: each subject 1-3 sequences of distinct emotions, 3
+    frames each, plus 4 subjects without emotion (-1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_subjects):
+        emotions = rng.choice([0, 1, 2, 3, 4, 5, 7], size=rng.integers(1, 4), replace=False)
+        for q, emotion in enumerate(emotions):
+            out += [contract.FaceSample(image=b"x", dataset="ck", uid=f"ck/S{s:03d}_{q}_{f}",
+                                        subject=f"S{s:03d}", emotion=int(emotion),
+                                        sequence=f"S{s:03d}_{q:03d}") for f in range(3)]
+    out += [contract.FaceSample(image=b"x", dataset="ck", uid=f"ck/U{s}", subject=f"U{s}")
+            for s in range(4)]
+    return out
+
+
+def _fold_balance(samples, fold_of, k):
+    """(spread of subjects per fold, largest per-emotion spread of images per fold)."""
+    subjects = collections.Counter(fold_of[key] for key in {splits.split_key(s) for s in samples})
+    per_emotion = collections.defaultdict(collections.Counter)
     for s in samples:
-        folds[splits.assign_fold(splits.split_key(s), k, seed=3)].append(s)
-    assert sorted(folds) == list(range(k))
-    assert sum(len(v) for v in folds.values()) == len(samples)
-    uids = [s.uid for v in folds.values() for s in v]
-    assert len(set(uids)) == len(samples)
-    subjects = [{s.subject for s in folds[f]} for f in range(k)]
-    for i in range(k):
-        for j in range(i + 1, k):
-            assert not subjects[i] & subjects[j]
+        per_emotion[s.emotion][fold_of[splits.split_key(s)]] += 1
+    spread = max(max(c[f] for f in range(k)) - min(c[f] for f in range(k))
+                 for c in per_emotion.values())
+    return max(subjects.values()) - min(subjects[f] for f in range(k)), spread
+
+
+def test_folds_are_balanced_stratified_and_subject_disjoint():
+    samples, k = _ck_like(), 5
+    records = [splits.fold_record(s) for s in samples]
+    fold_of = splits.assign_folds(records, k, seed=0)
+    keys = {splits.split_key(s) for s in samples}
+    assert set(fold_of) == keys and set(fold_of.values()) == set(range(k))  # one fold per subject
+    subject_spread, emotion_spread = _fold_balance(samples, fold_of, k)
+    # 44 subjects: 8 or 9 (or 10) per fold; every emotion within two sequences
+    # (6 frames) across folds, the unlabelled stratum (-1) included.
+    assert subject_spread <= 2 and emotion_spread <= 6
+    # The per-key hash (assign_fold) is subject-disjoint but balances neither.
+    hashed = {key: splits.assign_fold(key, k, seed=0) for key in keys}
+    assert _fold_balance(samples, hashed, k)[0] > 2 and _fold_balance(samples, hashed, k)[1] > 6
+    # Deterministic: the order of the records does not matter, the seed does.
+    shuffled = list(records)
+    np.random.default_rng(1).shuffle(shuffled)
+    assert splits.assign_folds(shuffled, k, seed=0) == fold_of
+    assert splits.assign_folds(records, k, seed=1) != fold_of
     # eval = one fold, the rest train
     for f in range(k):
-        ev = [s for s in samples if splits.sample_split(s, seed=3, kfold=(k, f)) == "eval"]
-        assert {s.uid for s in ev} == {s.uid for s in folds[f]}
+        tagged = [dataclasses.replace(s, fold=fold_of[splits.split_key(s)]) for s in samples]
+        ev = {s.uid for s in tagged if splits.sample_split(s, eval_fold=f) == "eval"}
+        assert ev == {s.uid for s in samples if fold_of[splits.split_key(s)] == f}
+    with pytest.raises(ValueError, match="no fold assigned"):
+        splits.sample_split(samples[0], eval_fold=0)
+
+
+def test_folds_are_per_dataset_and_need_k_subjects():
+    """Each dataset of a mix is divided on its own: adding a second dataset
+    does not move the first one's folds."""
+    ck = [splits.fold_record(s) for s in _ck_like()]
+    other = [splits.fold_record(s) for s in _samples(12, 2, dataset="fer")]
+    alone, mixed = splits.assign_folds(ck, 4, 3), splits.assign_folds(ck + other, 4, 3)
+    assert {key: mixed[key] for key in alone} == alone
+    assert {mixed[r[1]] for r in other} == set(range(4))
+    with pytest.raises(ValueError, match="fer: 12 subjects .* cannot fill 20 folds"):
+        splits.assign_folds(other, 20)
 
 
 def test_source_split_is_kept_when_asked():
@@ -279,6 +340,50 @@ def test_quarantine_has_every_rejected_input_with_its_reason(mixed_run):
     assert sorted(os.path.basename(s) for s in by_reason["no_face"]) == [
         f"blank_{i}.png" for i in range(3)]
     assert counts["by_reason"] == q.by_reason()
+
+
+@pytest.mark.parametrize("kfold", [{"k": 3}, {"k": 3, "fold": 1}])
+def test_ingest_writes_the_folds_of_assign_folds_on_every_example(tmp_path, kfold):
+    """The Beam path (collect, assign once, side input) writes the folds that
+    calling assign_folds on the same samples gives; with ``fold`` eval is that
+    fold, without it eval_fraction decides and every example still has a fold."""
+    from components.ingestion import ingest
+
+    spec = _synth_spec(n_subjects=7, eval_fraction=0.3, seed=4)
+    spec["split"]["kfold"] = kfold
+    spec["sources"][0]["options"]["emotions"] = ["happiness", "sadness", "fear"]
+    counts = ingest(spec, str(tmp_path / "out"), beam_args=BEAM_ARGS)
+    train = _read_split(tmp_path / "out" / "examples", "train")
+    ev = _read_split(tmp_path / "out" / "examples", "eval")
+    expected = splits.assign_folds([splits.fold_record(s) for s in train + ev], 3, seed=4)
+    assert all(s.fold == expected[splits.split_key(s)] for s in train + ev)
+    assert {s.fold for s in train + ev} == {0, 1, 2}
+    if "fold" in kfold:
+        assert {s.fold for s in ev} == {1} and 1 not in {s.fold for s in train}
+    else:
+        assert {s.fold for s in ev} != {1}  # eval by subject hash, not by fold
+        assert [s.uid for s in ev] and all(
+            splits.assign_split(splits.split_key(s), 0.3, 4) == "eval" for s in ev)
+    per_fold = counts["folds"]["synth_lab"]
+    assert sum(f["examples"] for f in per_fold.values()) == len(train + ev) // 2
+    assert sum(f["subjects"] for f in per_fold.values()) == 7
+    assert "3-fold" in counts["split"]
+
+
+def test_records_without_fold_read_as_minus_one():
+    import tensorflow as tf
+
+    sample = contract.FaceSample(image=contract.encode_png(np.zeros((16, 16), np.uint8)),
+                                 dataset="d", uid="d/1", fold=2)
+    old = sample.to_example()
+    del old.features.feature["fold"]
+    assert contract.FaceSample.from_example(old.SerializeToString()).fold == -1
+    assert contract.FaceSample.from_example(sample.serialize()).fold == 2
+    parsed = tf.io.parse_example(tf.constant([old.SerializeToString(), sample.serialize()]),
+                                 contract.parse_spec())
+    assert parsed["fold"].numpy().tolist() == [-1, 2]
+    with pytest.raises(contract.ContractError, match="fold"):
+        contract.FaceSample(image=b"x", dataset="d", uid="d/1", fold=-2)
 
 
 def test_empty_eval_split_is_a_readable_error(tmp_path):

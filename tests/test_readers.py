@@ -50,22 +50,22 @@ def test_class_folders_fer_layout(fer_tree):
 
 
 def test_class_folders_keeps_original_pixels(tmp_path):
-    rgb = write_image(tmp_path / "ck/happy/S010_004_00000017.png", size=(13, 7), mode="RGB")
+    rgb = write_image(tmp_path / "ck/happy/S010_004_00000017.png", size=(23, 17), mode="RGB")
     q = Quarantine()
     [s] = read_class_folders(tmp_path / "ck", "ck", q)
     pixels = s.pixels()
-    assert pixels.shape == (7, 13)  # no resizing
+    assert pixels.shape == (17, 23)  # no resizing
     expected = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
     np.testing.assert_array_equal(pixels, expected)
 
 
 def test_class_folders_16bit_image_and_progress_bar(tmp_path, capsys):
-    deep = np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16)
+    deep = np.tile(np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16), (8, 8))
     Image.fromarray(deep).save(tmp_path / "neutral.png")  # 16-bit grayscale PNG
     (tmp_path / "d" / "neutral").mkdir(parents=True)
     (tmp_path / "neutral.png").rename(tmp_path / "d" / "neutral" / "a.png")
     [s] = read_class_folders(tmp_path / "d", "d", Quarantine(), progress=True)
-    np.testing.assert_array_equal(s.pixels(), [[0, 100], [255, 7]])
+    np.testing.assert_array_equal(s.pixels(), np.tile([[0, 100], [255, 7]], (8, 8)))
     assert "d images" in capsys.readouterr().err  # the tqdm bar went to stderr
 
 
@@ -363,7 +363,8 @@ def test_join_keys(tmp_path):
 # --- registry ------------------------------------------------------------------
 
 def test_registry_and_read_source(fer_tree, tmp_path):
-    assert sorted(READERS) == ["class_folders", "fer2013_csv", "jaffe", "pts_landmarks"]
+    assert sorted(READERS) == ["class_folders", "fer2013_csv", "jaffe", "pts_landmarks",
+                              "synthetic", "tfrecord"]
     au = tmp_path / "aus.csv"
     au.write_text("id,AU12\nTraining_3,1\nTraining_4,0\n")
     q = Quarantine()
@@ -392,3 +393,29 @@ def test_detect_reader(fer_tree, tmp_path):
     write_image(tmp_path / "misc" / "photo.png")
     with pytest.raises(ValueError, match="cannot tell"):
         detect_reader(tmp_path / "misc")
+
+
+def test_tfrecord_and_synthetic_are_readers_like_the_others(tmp_path):
+    """The ingestion reads every source through read_source: synthetic faces
+    (no path, named <dataset>_<domain>) and contract TFRecords (recorded names
+    kept unless a dataset is given)."""
+    from components import readers
+
+    q = Quarantine()
+    synth = list(read_source("synthetic", None, "toy", q, n_subjects=1, samples_per_emotion=1,
+                             emotions=["happiness"], domains=["lab", "wild"], size=24))
+    assert sorted(s.dataset for s in synth) == ["toy_lab", "toy_wild"]
+    assert readers.dataset_names("synthetic", None, "toy", {"domains": ["wild"]}) == ["toy_wild"]
+    assert {"n_subjects", "size", "progress"} <= set(readers.reader_options("synthetic"))
+    with pytest.raises(ValueError, match="synthetic"):
+        read_source("synthetic", None, "toy", q, n_subjectz=1)
+
+    path = tmp_path / "faces.tfrecord"
+    contract.write_tfrecord(synth, str(path))
+    kept = list(read_source("tfrecord", str(path), None, q))
+    assert [s.dataset for s in kept] == [s.dataset for s in synth]
+    assert readers.dataset_names("tfrecord", str(path), None, {}) == ["toy_lab", "toy_wild"]
+    renamed = list(read_source("tfrecord", str(path), "faces", q))
+    assert {s.dataset for s in renamed} == {"faces"}
+    assert readers.reader_options("tfrecord") == ("compression", "progress")
+    assert len(q) == 0

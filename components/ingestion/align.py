@@ -44,6 +44,7 @@ import math
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 
 from components import contract
@@ -147,8 +148,6 @@ class HaarDetector(Detector):
 
     @staticmethod
     def _load(name: str):
-        import cv2
-
         path = os.path.join(cv2.data.haarcascades, name)
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
@@ -170,8 +169,6 @@ class HaarDetector(Detector):
 
     def _prepare(self, gray: np.ndarray) -> Tuple[np.ndarray, float, int]:
         """Scaled + padded image, the scale and the pad (pixels of the scaled image)."""
-        import cv2
-
         h, w = gray.shape[:2]
         scale = 1.0
         if min(h, w) < self.min_side:
@@ -209,8 +206,6 @@ class HaarDetector(Detector):
         is rejected when its distance or tilt is implausible for a face of
         that box.
         """
-        import cv2
-
         gray = _as_gray(gray)
         x, y, w, h = face.box
         side = 160.0
@@ -308,8 +303,6 @@ def _as_gray(pixels: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3:
-        import cv2
-
         arr = cv2.cvtColor(arr.astype(np.uint8), cv2.COLOR_RGB2GRAY)
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
@@ -357,8 +350,6 @@ class FaceAligner:
     # --- pixels-level API --------------------------------------------------
     def resize(self, gray: np.ndarray, landmarks: Optional[np.ndarray] = None) -> AlignResult:
         """Plain resize to ``output_size`` (aligned inputs); landmarks unchanged."""
-        import cv2
-
         gray = _as_gray(gray)
         h, w = gray.shape
         s = self.output_size
@@ -374,8 +365,6 @@ class FaceAligner:
         """Warp ``gray`` so ``eyes`` (continuous pixel coordinates) land on
         :attr:`target_eyes`; returns pixels, transformed landmarks ([0, 1] of the
         output, or None) and the 2x3 matrix."""
-        import cv2
-
         gray = _as_gray(gray)
         matrix = similarity_from_eyes(eyes, self.target_eyes)
         scale = math.hypot(matrix[0, 0], matrix[1, 0])

@@ -3,13 +3,16 @@
 Stages (each a Beam transform, so the same code runs on the DirectRunner here
 and on a distributed runner unchanged: no global state, every DoFn pickles)::
 
-    Create(sources) -> ReadSources (one element per source: reader / tfrecord /
-        synthetic, AU-table join, label set, max_per_source; rejected inputs go
-        to the "quarantine" tagged output)
+    Create(sources) -> ReadSources (one element per source, read through
+        components.readers.read_source whatever its type: AU-table join, label
+        set, max_per_source; rejected inputs go to the "quarantine" tagged output)
       -> Reshuffle (spread the samples of a big source over the workers)
       -> AlignFaces (FaceAligner built once per worker in setup(); no face ->
         quarantine "no_face", other failures -> "align_failed")
-      -> AssignSplit (by subject: components.ingestion.splits)
+      [-> with split.kfold: FoldRecords -> ToList -> AssignFolds (one global
+          StratifiedGroupKFold, components.ingestion.splits.assign_folds) ->
+          SetFold (side input): every face gets its fold]
+      -> AssignSplit (by subject or eval fold: components.ingestion.splits)
       -> Partition(train, eval) -> serialize -> WriteToTFRecord (GZIP)
     counts (CombineGlobally) -> counts.json ; quarantine (ToList) -> quarantine.json
 
@@ -20,15 +23,23 @@ and on a distributed runner unchanged: no global state, every DoFn pickles)::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import apache_beam as beam
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
 
-from components import contract
+from components import contract, readers
 from components.ingestion import splits as splits_lib
+from components.ingestion.align import FaceAligner, NoFaceFound
 from components.ingestion.spec import DataSpec, SourceSpec
 from components.quarantine import Quarantine
 
@@ -40,6 +51,8 @@ FILE_PREFIX = "data_tfrecord"                    # like ExampleGen: Split-x/data
 QUARANTINE_FILE = "quarantine.json"
 COUNTS_FILE = "counts.json"
 QUARANTINE_TAG = "quarantine"
+# Label kinds counted per dataset in counts.json ("labels").
+LABEL_KINDS = ("emotion", "aus", "landmarks")
 # ingest()'s runner when beam_args name none: Beam's in-process portable runner.
 # (Beam 2.74's DirectRunner first tries to download the Prism runner binary from
 # the internet, then falls back to this one; FnApiRunner honours
@@ -52,93 +65,25 @@ class EmptySplitError(ValueError):
 
 
 # ----------------------------------------------------------------------------- reading
-def _tfrecord_files(path: str) -> List[str]:
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(path):
-        files = []
-        for root, _, names in tf.io.gfile.walk(path):
-            files += [os.path.join(root, n) for n in names if not n.startswith(".")]
-        return sorted(files)
-    if any(ch in path for ch in "*?["):
-        return sorted(tf.io.gfile.glob(path))
-    return [path] if tf.io.gfile.exists(path) else []
-
-
-def _compression(path: str, compression: Optional[str]) -> str:
-    if compression in (None, "", "auto"):
-        return "GZIP" if path.endswith(".gz") else ""
-    return compression
-
-
-def read_tfrecord_source(path: str, quarantine: Quarantine,
-                         compression: Optional[str] = None) -> Iterator[contract.FaceSample]:
-    """Contract samples from TFRecord file(s): a file, a folder (all files under
-    it) or a glob. Compression ``auto`` is GZIP for ``*.gz`` files. A record that
-    is no contract example is quarantined as ``bad_record``; a file that stops
-    parsing as ``corrupt_tfrecord``."""
-    import tensorflow as tf
-
-    files = _tfrecord_files(path)
-    if not files:
-        from components.readers import EmptySourceError
-
-        raise EmptySourceError(f"tfrecord: no file at {path!r}")
-    for f in files:
-        i = 0
-        try:
-            for raw in tf.data.TFRecordDataset(f, compression_type=_compression(f, compression)):
-                try:
-                    yield contract.FaceSample.from_example(raw.numpy())
-                except Exception as err:  # noqa: BLE001 - any malformed record
-                    quarantine.add(f"{f}:{i}", "bad_record", f"{type(err).__name__}: {err}")
-                i += 1
-        except tf.errors.OpError as err:
-            quarantine.add(f"{f}:{i}", "corrupt_tfrecord",
-                           f"{type(err).__name__}: {err.message.splitlines()[0]}")
-
-
-def tfrecord_dataset_names(path: str, compression: Optional[str] = None) -> List[str]:
-    """Dataset names recorded in contract TFRecords, in order of appearance."""
-    names: List[str] = []
-    for s in read_tfrecord_source(path, Quarantine(), compression):
-        if s.dataset not in names:
-            names.append(s.dataset)
-    return names
-
-
 def iter_source(source: SourceSpec, quarantine: Quarantine,
                 max_samples: Optional[int] = None) -> Iterator[contract.FaceSample]:
-    """Samples of one spec source, ready for alignment: read, AU table joined,
-    dataset / domain set, label set applied, at most ``max_samples``.
+    """Samples of one spec source, ready for alignment: read with its reader
+    (:func:`components.readers.read_source`, AU table joined), domain set,
+    label set applied, at most ``max_samples``.
 
     Raises ``EmptySourceError`` when the source yields no usable sample.
     """
-    from components.readers import EmptySourceError, join_au_table, read_source
-
     opts = dict(source.options)
     opts.pop("progress", None)
-    if source.reader == "synthetic":
-        from components import synthetic
-
-        if "domains" in opts:
-            opts["domains"] = tuple(opts["domains"])
-        samples: Iterable[contract.FaceSample] = synthetic.generate(**opts)
-    elif source.reader == "tfrecord":
-        samples = read_tfrecord_source(source.path, quarantine, opts.get("compression"))
-    else:
-        samples = read_source(source.reader, source.path, source.dataset, quarantine, **opts)
-    if source.au_table:
-        au = source.au_table
-        samples = join_au_table(samples, au.path, quarantine, key=au.key,
-                                id_column=au.id_column, intensity_max=au.intensity_max)
+    au = source.au_table
+    if au:
+        opts.update(au_table=au.path, au_key=au.key, au_id_column=au.id_column,
+                    au_intensity_max=au.intensity_max, au_missing=au.missing)
+    samples = readers.read_source(source.reader, source.path, source.dataset, quarantine,
+                                  **opts)
     mask = contract.label_set_mask(source.label_set) if source.label_set else None
     n = 0
     for sample in samples:
-        if source.reader == "synthetic":
-            sample.dataset = f"{source.dataset}_{sample.domain}"
-        elif source.reader == "tfrecord" and source.dataset:
-            sample.dataset = source.dataset
         if source.domain:
             sample.domain = source.domain
         if mask is not None and sample.emotion >= 0:
@@ -154,8 +99,9 @@ def iter_source(source: SourceSpec, quarantine: Quarantine,
             return
     if n == 0:
         why = quarantine.summary() if len(quarantine) else "nothing was read"
-        raise EmptySourceError(f"{source.reader} source {source.name!r} "
-                               f"({source.path or 'generated'}) has no usable sample: {why}")
+        raise readers.EmptySourceError(f"{source.reader} source {source.name!r} "
+                                       f"({source.path or 'generated'}) has no usable "
+                                       f"sample: {why}")
 
 
 # ----------------------------------------------------------------------------- Beam DoFns
@@ -209,13 +155,9 @@ class AlignFacesFn(beam.DoFn):
         self._aligner = None
 
     def setup(self):
-        from components.ingestion.align import FaceAligner
-
         self._aligner = FaceAligner(detector=self._detector, output_size=self._size)
 
     def process(self, element):
-        from components.ingestion.align import NoFaceFound
-
         index, sample = element
         try:
             out, method = self._aligner.align(sample, aligned=self._aligned[index])
@@ -232,12 +174,23 @@ class AlignFacesFn(beam.DoFn):
         yield out, method
 
 
+def _fold_record(element):
+    return splits_lib.fold_record(element[0])
+
+
+def _set_fold(element, folds: Dict[str, int]):
+    sample, method = element
+    fold = folds[splits_lib.split_key(sample)]
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"fold_{fold}").inc()
+    return dataclasses.replace(sample, fold=fold), method
+
+
 def _assign_split(element, split_spec: Dict[str, Any]):
     sample, method = element
-    kfold = split_spec["kfold"]
+    kfold = split_spec["kfold"] or {}
     split = splits_lib.sample_split(
         sample, split_spec["eval_fraction"], split_spec["seed"], split_spec["use_source_split"],
-        None if kfold is None else (kfold["k"], kfold["fold"]))
+        kfold.get("fold"))
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"split_{split}").inc()
     return split, sample, method
 
@@ -252,18 +205,36 @@ def _serialize(element) -> bytes:
 
 def _count_record(element):
     split, sample, method = element
-    return split, sample.dataset, splits_lib.split_key(sample), method
+    emotion = contract.EMOTIONS[sample.emotion] if sample.emotion >= 0 else "(none)"
+    labels = (sample.emotion >= 0, bool(sample.aus_mask.any()), sample.landmarks_mask > 0)
+    return (split, sample.dataset, splits_lib.split_key(sample), method, sample.fold, emotion,
+            labels)
+
+
+def _new_fold() -> Dict[str, Any]:
+    return {"examples": 0, "subjects": set(), "emotions": {}}
 
 
 class CountFn(beam.CombineFn):
-    """Examples per split, per dataset and split, per alignment method, and the
-    distinct split keys (subjects) per split."""
+    """Examples per split, per dataset and split, per alignment method, the
+    distinct split keys (subjects) per split, the examples of each dataset
+    with each label kind, and per fold (when k-fold) the examples, subjects
+    and emotions of each dataset."""
 
     def create_accumulator(self):
-        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}}
+        return {"splits": {}, "datasets": {}, "methods": {}, "subjects": {}, "folds": {},
+                "labels": {}}
 
     def add_input(self, acc, record):
-        split, dataset, key, method = record
+        split, dataset, key, method, fold, emotion, labels = record
+        per_l = acc["labels"].setdefault(dataset, dict.fromkeys(LABEL_KINDS, 0))
+        for kind, has in zip(LABEL_KINDS, labels):
+            per_l[kind] += int(has)
+        if fold >= 0:
+            per_f = acc["folds"].setdefault(dataset, {}).setdefault(fold, _new_fold())
+            per_f["examples"] += 1
+            per_f["subjects"].add(key)
+            per_f["emotions"][emotion] = per_f["emotions"].get(emotion, 0) + 1
         acc["splits"][split] = acc["splits"].get(split, 0) + 1
         per = acc["datasets"].setdefault(dataset, {})
         per[split] = per.get(split, 0) + 1
@@ -287,16 +258,31 @@ class CountFn(beam.CombineFn):
                     o[m] = o.get(m, 0) + n
             for split, keys in acc["subjects"].items():
                 out["subjects"].setdefault(split, set()).update(keys)
+            for ds, per in acc["labels"].items():
+                o = out["labels"].setdefault(ds, dict.fromkeys(LABEL_KINDS, 0))
+                for kind, n in per.items():
+                    o[kind] += n
+            for ds, per in acc["folds"].items():
+                for fold, f in per.items():
+                    o = out["folds"].setdefault(ds, {}).setdefault(fold, _new_fold())
+                    o["examples"] += f["examples"]
+                    o["subjects"].update(f["subjects"])
+                    for e, n in f["emotions"].items():
+                        o["emotions"][e] = o["emotions"].get(e, 0) + n
         return out
 
     def extract_output(self, acc):
         return {"splits": acc["splits"], "datasets": acc["datasets"], "methods": acc["methods"],
-                "subjects": {s: len(k) for s, k in acc["subjects"].items()}}
+                "subjects": {s: len(k) for s, k in acc["subjects"].items()},
+                "labels": {ds: dict(per) for ds, per in sorted(acc["labels"].items())},
+                "folds": {ds: {str(fold): {"examples": f["examples"],
+                                           "subjects": len(f["subjects"]),
+                                           "emotions": dict(sorted(f["emotions"].items()))}
+                               for fold, f in sorted(per.items())}
+                          for ds, per in sorted(acc["folds"].items())}}
 
 
 def _write_json(obj, path: str) -> str:
-    import tensorflow as tf
-
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True))
@@ -325,7 +311,17 @@ def build_pipeline(pipeline: beam.Pipeline, spec: DataSpec, examples_uri: str,
                | "AlignFaces" >> beam.ParDo(AlignFacesFn(
                    spec.detector, spec.image_size, [s.aligned for s in spec.sources])
                ).with_outputs(QUARANTINE_TAG, main="faces"))
-    with_split = aligned.faces | "AssignSplit" >> beam.Map(_assign_split, spec.split.to_dict())
+    faces = aligned.faces
+    if spec.split.kfold:
+        # Folds need every subject at once: collect (population, key, emotion)
+        # of all faces, assign the folds once, map them back as a side input.
+        folds = (faces
+                 | "FoldRecords" >> beam.Map(_fold_record)
+                 | "CollectFoldRecords" >> beam.combiners.ToList()
+                 | "AssignFolds" >> beam.Map(splits_lib.assign_folds, spec.split.kfold[0],
+                                             spec.split.seed))
+        faces = faces | "SetFold" >> beam.Map(_set_fold, beam.pvalue.AsSingleton(folds))
+    with_split = faces | "AssignSplit" >> beam.Map(_assign_split, spec.split.to_dict())
     parts = with_split | "Partition" >> beam.Partition(_partition, len(SPLIT_NAMES))
     for name, part in zip(SPLIT_NAMES, parts):
         _ = (part
@@ -347,8 +343,6 @@ def build_pipeline(pipeline: beam.Pipeline, spec: DataSpec, examples_uri: str,
 
 # ----------------------------------------------------------------------------- summary
 def _read_json(path: str):
-    import tensorflow as tf
-
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 
@@ -371,6 +365,8 @@ def summarize(spec: DataSpec, report_dir: str) -> Dict[str, Any]:
         "by_reason": dict(sorted(quarantine["by_reason"].items())),
         "by_method": dict(sorted(methods.items())),
         "subjects": {s: int(raw["subjects"].get(s, 0)) for s in SPLIT_NAMES},
+        "labels": raw.get("labels", {}),
+        "folds": raw.get("folds", {}),
         "split": spec.split.describe(),
     }
     return counts
@@ -387,7 +383,7 @@ def check_splits(spec: DataSpec, counts: Dict[str, Any]) -> None:
     for name in SPLIT_NAMES:
         if counts[name]:
             continue
-        if split.kfold:
+        if split.eval_fold is not None:
             k, fold = split.kfold
             hint = (f"{subjects} subjects, {k}-fold, fold {fold} — use fewer folds or add "
                     "subjects")
@@ -434,15 +430,15 @@ def ingest(spec: Union[DataSpec, dict, str], output_dir: str,
 
     Returns the counts: ``train``, ``eval``, ``total``, ``quarantined``,
     ``no_eyes_fallback``, ``by_dataset`` ({dataset: {train, eval}}),
-    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``split``, plus
-    ``examples_dir`` and ``quarantine_path``.
+    ``by_reason``, ``by_method``, ``subjects`` ({train, eval}), ``labels``
+    ({dataset: examples with an emotion / AUs / landmarks}), ``folds``
+    ({dataset: {fold: {examples, subjects, emotions}}}, empty without k-fold),
+    ``split``, plus ``examples_dir`` and ``quarantine_path``.
 
     Raises:
       EmptySourceError: a source has no usable sample.
       EmptySplitError: train or eval ends up empty.
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     spec = DataSpec.load(spec)
     examples_uri = os.path.join(output_dir, "examples")
     report_dir = os.path.join(output_dir, "quarantine")
@@ -490,25 +486,13 @@ def record_counts(examples, quarantine_artifact, counts: Dict[str, Any]) -> None
             quarantine_artifact.set_int_custom_property(_property_name(f"num_{reason}"), int(n))
 
 
-try:
-    from tfx.dsl.components.base import base_beam_executor as _bbe
-
-    _BaseBeamExecutor = _bbe.BaseBeamExecutor
-except ImportError:  # pragma: no cover - TFX is a hard dependency of the pipeline
-    _BaseBeamExecutor = object
-
-
-class Executor(_BaseBeamExecutor):
+class Executor(base_beam_executor.BaseBeamExecutor):
     """TFX executor of FaceIngestion: builds :func:`build_pipeline` in the Beam
     pipeline TFX configures (``beam_pipeline_args``), then marks the Examples
     artifact like ExampleGen does (split names, tf.Example payload, GZIP
     TFRecords, span / version) and records the counts."""
 
     def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX API
-        from tfx.components.util import examples_utils
-        from tfx.proto import example_gen_pb2
-        from tfx.types import artifact_utils
-
         self._log_startup(input_dict, output_dict, exec_properties)
         spec = DataSpec.load(exec_properties["data_spec"])
         examples = artifact_utils.get_single_instance(output_dict["examples"])

@@ -10,14 +10,17 @@ to read, how to split them, how to align faces.
         dataset: fer2013
         domain: wild                 # optional, default = the reader's (the dataset name)
         label_set: [anger, disgust, fear, happiness, sadness, surprise, neutral]  # optional
-        au_table: {path: aus.csv, key: stem}   # optional (also id_column, intensity_max)
+        au_table: {path: aus.csv, key: stem}   # optional: key stem | path | uid | sequence
+                                     # (also id_column, intensity_max, missing: keep | quarantine)
         aligned: true                # already cropped faces: resize only, no detection
         options: {}                  # the reader's keyword options
     split:
       eval_fraction: 0.2
       seed: 0
       use_source_split: false        # true: a source's own split (train -> train, val/test -> eval)
-      kfold: null                    # {k: 10, fold: 3}: subject-disjoint k-fold, eval = that fold
+      kfold: null                    # {k: 10}: every example gets its fold (StratifiedGroupKFold
+                                     # by subject and emotion, seed above); {k: 10, fold: 3}:
+                                     # also eval = fold 3 (for sources without own split)
     image_size: 64                   # stored aligned face size (px)
     detector: haar                   # haar | none
     max_per_source: null             # optional cap for quick runs
@@ -35,20 +38,20 @@ does not depend on the working directory.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from components import contract
+import yaml
 
-EXTRA_READERS = ("tfrecord", "synthetic")
+from components import contract, readers
+from components.readers import synthetic_faces, tfrecord
+
 DETECTORS = ("haar", "none")
-AU_KEYS = ("stem", "path", "uid")
-SYNTHETIC_DATASET = "synth"
+AU_KEYS = readers.JOIN_KEYS
+SYNTHETIC_DATASET = synthetic_faces.DEFAULT_DATASET
 # Fields of a source that are top-level spec fields, not reader options.
 _TOP_LEVEL_OPTIONS = ("label_set", "domain", "au_table", "path", "dataset")
-TFRECORD_OPTIONS = ("compression",)
 
 
 class SpecError(ValueError):
@@ -56,9 +59,7 @@ class SpecError(ValueError):
 
 
 def reader_types() -> Tuple[str, ...]:
-    from components.readers import READERS
-
-    return tuple(READERS) + EXTRA_READERS
+    return tuple(readers.READERS)
 
 
 def _resolve(path: str, base_dir: Optional[str]) -> str:
@@ -89,35 +90,15 @@ def _as_int(value, where: str, lo: Optional[int] = None, hi: Optional[int] = Non
     return value
 
 
-def _reader_option_names(reader: str) -> Optional[Tuple[str, ...]]:
-    """Keyword options a reader accepts (None: anything, e.g. **kwargs)."""
-    if reader == "tfrecord":
-        return TFRECORD_OPTIONS
-    if reader == "synthetic":
-        from components import synthetic
-
-        fn = synthetic.generate
-        skip = ()
-    else:
-        from components.readers import READERS
-
-        fn = READERS[reader]
-        skip = ("path", "dataset", "quarantine")
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in params if p.name not in skip and p.kind in (
-        p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
 @dataclasses.dataclass
 class AUTableSpec:
     path: str
     key: str = "stem"
     id_column: Optional[str] = None
     intensity_max: Union[str, float] = "auto"
+    missing: str = "keep"        # a sample without a row: keep (no AUs) | quarantine
 
-    FIELDS = ("path", "key", "id_column", "intensity_max")
+    FIELDS = ("path", "key", "id_column", "intensity_max", "missing")
 
     @classmethod
     def from_value(cls, value, base_dir: Optional[str], where: str) -> "AUTableSpec":
@@ -132,8 +113,12 @@ class AUTableSpec:
         im = value.get("intensity_max", "auto")
         if im != "auto" and (isinstance(im, bool) or not isinstance(im, (int, float)) or im <= 0):
             raise SpecError(f"{where}.intensity_max: 'auto' or a positive number, got {im!r}")
+        missing = value.get("missing", "keep")
+        if missing not in readers.MISSING_ROW:
+            raise SpecError(f"{where}.missing: one of {list(readers.MISSING_ROW)}, "
+                            f"got {missing!r}")
         return cls(path=_resolve(value["path"], base_dir), key=key,
-                   id_column=value.get("id_column"), intensity_max=im)
+                   id_column=value.get("id_column"), intensity_max=im, missing=missing)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -161,7 +146,7 @@ class SourceSpec:
         if reader not in known:
             raise SpecError(f"{where}.reader: unknown reader {reader!r}; one of {list(known)}")
         path = d.get("path")
-        if reader == "synthetic":
+        if reader in readers.PATHLESS_READERS:
             if path is not None:
                 raise SpecError(f"{where}.path: a synthetic source has no path "
                                 "(its settings go in options)")
@@ -172,7 +157,7 @@ class SourceSpec:
         dataset = d.get("dataset")
         if dataset is None and reader == "synthetic":
             dataset = SYNTHETIC_DATASET
-        if dataset is None and reader != "tfrecord":
+        if dataset is None and reader not in readers.NAMING_READERS:
             raise SpecError(f"{where}.dataset: a dataset name is required")
         if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()
                                     or "/" in dataset):
@@ -205,9 +190,9 @@ class SourceSpec:
             if name in options:
                 raise SpecError(f"{where}.options.{name}: set {name!r} on the source itself, "
                                 "not in options")
-        allowed = _reader_option_names(reader)
+        allowed = readers.reader_options(reader)
         if allowed is not None:
-            bad = sorted(set(options) - set(allowed) - {"progress"})
+            bad = sorted(set(options) - set(allowed))
             if bad:
                 raise SpecError(f"{where}.options: reader {reader!r} takes no option(s) {bad}; "
                                 f"known: {sorted(set(allowed) - set(_TOP_LEVEL_OPTIONS))}")
@@ -215,10 +200,10 @@ class SourceSpec:
             if isinstance(options["domains"], str):
                 options["domains"] = [options["domains"]]
             options["domains"] = list(options["domains"])
-        if reader == "tfrecord" and options.get("compression") not in (None, "", "auto",
-                                                                       "GZIP", "ZLIB"):
-            raise SpecError(f"{where}.options.compression: one of auto, GZIP, ZLIB, "
-                            f"got {options['compression']!r}")
+        if reader == "tfrecord" and options.get("compression") not in (
+                None, "", *tfrecord.COMPRESSIONS):
+            raise SpecError(f"{where}.options.compression: one of "
+                            f"{', '.join(tfrecord.COMPRESSIONS)}, got {options['compression']!r}")
         return cls(reader=reader, path=path, dataset=dataset, domain=domain,
                    label_set=label_set, au_table=au, aligned=aligned, options=options)
 
@@ -230,16 +215,7 @@ class SourceSpec:
     def dataset_names(self) -> List[str]:
         """Dataset names this source's samples carry (reads a tfrecord source
         without a ``dataset`` to find them)."""
-        if self.reader == "synthetic":
-            from components import synthetic
-
-            domains = self.options.get("domains") or synthetic.DOMAINS
-            return [f"{self.dataset}_{d}" for d in domains]
-        if self.dataset is not None:
-            return [self.dataset]
-        from components.ingestion import executor
-
-        return executor.tfrecord_dataset_names(self.path, self.options.get("compression"))
+        return readers.dataset_names(self.reader, self.path, self.dataset, self.options)
 
     @property
     def name(self) -> str:
@@ -252,7 +228,7 @@ class SplitSpec:
     eval_fraction: float = 0.2
     seed: int = 0
     use_source_split: bool = False
-    kfold: Optional[Tuple[int, int]] = None   # (k, fold)
+    kfold: Optional[Tuple[int, Optional[int]]] = None   # (k, eval fold or None)
 
     FIELDS = ("eval_fraction", "seed", "use_source_split", "kfold")
 
@@ -270,28 +246,43 @@ class SplitSpec:
             if isinstance(kfold, (list, tuple)) and len(kfold) == 2:
                 kfold = {"k": kfold[0], "fold": kfold[1]}
             _check_keys(kfold, ("k", "fold"), f"{where}.kfold")
-            if "k" not in kfold or "fold" not in kfold:
-                raise SpecError(f"{where}.kfold: both k and fold are required, e.g. "
-                                "{k: 10, fold: 3}")
+            if "k" not in kfold:
+                raise SpecError(f"{where}.kfold: k is required, e.g. {{k: 10}} (every example "
+                                "gets its fold) or {k: 10, fold: 3} (and eval = fold 3)")
             k = _as_int(kfold["k"], f"{where}.kfold.k", 2)
-            fold = _as_int(kfold["fold"], f"{where}.kfold.fold", 0, k - 1)
-            if use_source:
-                raise SpecError(f"{where}: use_source_split and kfold exclude each other")
+            fold = kfold.get("fold")
+            if fold is not None:
+                fold = _as_int(fold, f"{where}.kfold.fold", 0, k - 1)
             kfold = (k, fold)
         return cls(eval_fraction=float(frac), seed=seed, use_source_split=use_source,
                    kfold=kfold)
 
+    @property
+    def eval_fold(self) -> Optional[int]:
+        """The fold that is the eval split (None: eval_fraction decides)."""
+        return None if self.kfold is None else self.kfold[1]
+
     def to_dict(self) -> dict:
+        kfold = None
+        if self.kfold is not None:
+            kfold = {"k": self.kfold[0]}
+            if self.kfold[1] is not None:
+                kfold["fold"] = self.kfold[1]
         return {"eval_fraction": self.eval_fraction, "seed": self.seed,
-                "use_source_split": self.use_source_split,
-                "kfold": None if self.kfold is None else {"k": self.kfold[0],
-                                                          "fold": self.kfold[1]}}
+                "use_source_split": self.use_source_split, "kfold": kfold}
 
     def describe(self) -> str:
+        hashed = f"eval_fraction {self.eval_fraction:g} by subject (seed {self.seed})"
+        if self.kfold and self.eval_fold is not None:
+            what = f"eval = fold {self.eval_fold}"
+        else:
+            what = hashed
+        if self.use_source_split:
+            what = "the sources' own splits, else " + what
         if self.kfold:
-            return f"subject-disjoint {self.kfold[0]}-fold, eval = fold {self.kfold[1]}"
-        what = f"eval_fraction {self.eval_fraction:g} by subject (seed {self.seed})"
-        return ("the sources' own splits, else " + what) if self.use_source_split else what
+            what = (f"stratified subject-disjoint {self.kfold[0]}-fold (seed {self.seed}), "
+                    + what)
+        return what
 
 
 @dataclasses.dataclass
@@ -328,8 +319,6 @@ class DataSpec:
 
     @classmethod
     def from_yaml(cls, path: str) -> "DataSpec":
-        import yaml
-
         if not os.path.exists(path):
             raise SpecError(f"data spec file not found: {path}")
         with open(path) as f:

@@ -14,13 +14,28 @@ state, which is what lets the Beam pipeline assign splits element by element
 on any runner. The fraction holds over *subjects*, so with few subjects the
 share of images can differ from ``eval_fraction`` noticeably.
 
-k-fold: ``assign_fold(key, k, seed)`` is the same hash modulo ``k``: each key
-(and so each subject) is in exactly one fold.
+k-fold needs a global view, unlike the split: :func:`assign_folds` takes the
+(population, split key, emotion) of every sample (:func:`fold_record`) and
+assigns folds with scikit-learn's ``StratifiedGroupKFold`` (group order
+shuffled by the seed): one subject in one fold, folds with a similar number
+of subjects and the emotions spread evenly over them (samples without emotion,
+-1, are a stratum of their own). Each population (dataset) is divided on its
+own, so fold ``f`` of a mix is fold ``f`` of every dataset in it.
+The Beam pipeline collects the records once and maps the result back onto the
+samples (a side input). ``assign_fold(key, k, seed)`` is the older per-key hash
+modulo ``k`` (still used by ``pipeline/benchmark.py``): subject-disjoint but
+not balanced.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import warnings
+from typing import Dict, Iterable, Optional, Tuple
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 from components import contract
 
@@ -73,6 +88,60 @@ def assign_fold(key: str, k: int, seed: int = 0) -> int:
     return _unit_hash(key, seed, "fold") % int(k)
 
 
+def fold_record(sample: contract.FaceSample) -> Tuple[str, str, int]:
+    """``(population, split key, emotion)``: what :func:`assign_folds` needs of a sample."""
+    return population(sample), split_key(sample), int(sample.emotion)
+
+
+def assign_folds(records: Iterable[Tuple[str, str, int]], k: int,
+                 seed: int = 0) -> Dict[str, int]:
+    """Fold in ``[0, k)`` of every split key, balanced and stratified.
+
+    ``records`` holds one ``(population, key, emotion)`` per sample
+    (:func:`fold_record`). Per population, scikit-learn's
+    ``StratifiedGroupKFold(n_splits=k)`` with groups = keys and classes =
+    emotions (-1 included) puts each key in one fold, its greedy pass going
+    over the keys in an order shuffled by ``seed``. The result depends on the
+    records and the seed only, not on the records' order.
+
+    Why the shuffle is ours: in scikit-learn before the fix of issue #32478
+    (PR #32540; 1.5 is pinned here) ``shuffle=True`` permutes the class
+    counts but not the group ids, so the folds come out stratified for the
+    wrong groups, i.e. not stratified at all. Numbering the groups in a
+    seeded random order and calling it with ``shuffle=False`` is what the fix
+    does: the shuffle only breaks ties between groups of equal class spread.
+
+    Raises:
+      ValueError: ``k < 2``, or a population with fewer than ``k`` keys.
+    """
+    if int(k) < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    by_population = collections.defaultdict(list)
+    for pop, key, emotion in records:
+        by_population[pop].append((key, int(emotion)))
+    folds: Dict[str, int] = {}
+    for pop in sorted(by_population):
+        rows = sorted(by_population[pop])
+        names = sorted({key for key, _ in rows})
+        if len(names) < k:
+            raise ValueError(f"{pop}: {len(names)} subjects (split keys) cannot fill {k} "
+                             "folds; use fewer folds or add subjects")
+        rng = np.random.default_rng([int(seed), _unit_hash(pop, seed, "fold-order") % (1 << 32)])
+        order = dict(zip(names, rng.permutation(len(names)).tolist()))
+        groups = np.array([order[key] for key, _ in rows])
+        emotions = np.array([emotion for _, emotion in rows])
+        with warnings.catch_warnings():
+            # "The least populated class ... has only n members": expected for
+            # rare emotions; the folds are still subject-disjoint.
+            warnings.filterwarnings("ignore", message="The least populated class",
+                                    category=UserWarning)
+            splitter = StratifiedGroupKFold(n_splits=int(k), shuffle=False)
+            for fold, (_, test) in enumerate(splitter.split(groups, emotions, groups=groups)):
+                for i in test:
+                    folds[rows[i][0]] = fold
+    return folds
+
+
 def source_split(split: str) -> str:
     """A source's own split mapped to ours: ``train`` -> train, ``val``/``test``
     -> eval; "" (the source has none) -> ""."""
@@ -82,20 +151,23 @@ def source_split(split: str) -> str:
 
 
 def sample_split(sample: contract.FaceSample, eval_fraction: float = 0.2, seed: int = 0,
-                 use_source_split: bool = False, kfold=None) -> str:
+                 use_source_split: bool = False, eval_fold: Optional[int] = None) -> str:
     """The split of one sample under a spec's ``split`` settings.
 
-    ``kfold`` is ``None`` or ``(k, fold)``: eval is that fold. With
-    ``use_source_split`` a sample of a source that has its own split keeps it
-    (train -> train, val/test -> eval); samples whose source has none fall back
-    to the subject hash.
+    With ``use_source_split`` a sample of a source that has its own split keeps
+    it (train -> train, val/test -> eval). Otherwise, with ``eval_fold`` the
+    sample is eval when its ``fold`` (set by :func:`assign_folds`) is that fold,
+    else the subject hash decides (``eval_fraction``).
+
+    Raises:
+      ValueError: ``eval_fold`` is given and the sample has no fold.
     """
     if use_source_split:
         own = source_split(sample.split)
         if own:
             return own
-    key = split_key(sample)
-    if kfold is not None:
-        k, fold = kfold
-        return "eval" if assign_fold(key, k, seed) == int(fold) else "train"
-    return assign_split(key, eval_fraction, seed)
+    if eval_fold is not None:
+        if sample.fold < 0:
+            raise ValueError(f"{sample.uid}: no fold assigned (eval_fold {eval_fold})")
+        return "eval" if sample.fold == int(eval_fold) else "train"
+    return assign_split(split_key(sample), eval_fraction, seed)

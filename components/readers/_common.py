@@ -1,18 +1,26 @@
 """Helpers shared by the readers: image loading into the contract's grayscale
-PNG, split-name mapping, file listing, the progress bar and the empty-source
-error."""
+PNG, the too-small-to-be-a-face check, split-name mapping, file listing, the
+progress bar and the empty-source error."""
 
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pathlib
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
 from components import contract
 from components.quarantine import Quarantine
+
+# Smallest face side (pixels) a reader accepts: below it an image is no face
+# (a 1x1 PNG, an icon); quarantined as ``image_too_small``.
+MIN_FACE_SIZE = 16
 
 # Image file extensions the readers accept (compared lower-case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".pgm",
@@ -80,15 +88,35 @@ def _to_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("L"))
 
 
+def too_small(width: int, height: int, source, quarantine: Quarantine) -> bool:
+    """True (after quarantining ``source`` as ``image_too_small``) when a side
+    is under :data:`MIN_FACE_SIZE` pixels."""
+    if min(width, height) >= MIN_FACE_SIZE:
+        return False
+    quarantine.add(source, "image_too_small",
+                   f"{width}x{height} px, a face needs at least "
+                   f"{MIN_FACE_SIZE}x{MIN_FACE_SIZE}")
+    return True
+
+
+def encoded_size(data: bytes) -> Tuple[int, int]:
+    """(width, height) of encoded image bytes, read from the header only.
+    Undecodable bytes give (0, 0)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 0, 0
+
+
 def load_image(path: pathlib.Path, quarantine: Quarantine) -> Optional[Tuple[bytes, int, int]]:
     """Grayscale PNG bytes, width and height of an image file of any format,
     size and colour mode (pixels kept as they are: no resizing).
 
     Returns None after recording the file in ``quarantine`` when it is empty
-    (``empty_file``), cannot be decoded or is truncated (``undecodable_image``).
+    (``empty_file``), cannot be decoded or is truncated (``undecodable_image``)
+    or is too small to be a face (``image_too_small``, :func:`too_small`).
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         if path.stat().st_size == 0:
             quarantine.add(path, "empty_file", "zero-byte file")
@@ -103,6 +131,8 @@ def load_image(path: pathlib.Path, quarantine: Quarantine) -> Optional[Tuple[byt
         quarantine.add(path, "undecodable_image", f"unexpected pixel shape {pixels.shape}")
         return None
     height, width = pixels.shape
+    if too_small(width, height, path, quarantine):
+        return None
     return contract.encode_png(pixels), width, height
 
 
@@ -111,8 +141,6 @@ def progress(iterable: Iterable, enabled: bool, desc: str = "",
     """``iterable`` wrapped in a tqdm bar (on stderr) when ``enabled``."""
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 
 

@@ -9,8 +9,13 @@ column names may be ``AU12``, ``au12``, ``AU12_r`` or ``12``::
     S010_004_00000017,1,1,0,0,0
 
 Values are occurrences (0/1) or FACS intensities (0-5). A blank cell (or
-``NA``/``NaN``) means "not labelled" and gives mask 0. Columns that are no AU
-of the contract (``frame``, ``AU43``) are ignored with a log warning.
+``NA``/``NaN``) means "not labelled" and gives mask 0. A column named like an
+AU the contract lacks (``AU43``) is reported in the quarantine as
+``au_not_in_contract`` (never dropped silently); other columns (``frame``,
+``confidence``) are ignored with a log warning.
+
+CK+'s ``facs.csv`` has one row per *sequence* (``S010_002,1,1,0,...``): join it
+with ``key="sequence"`` and the row covers every frame of that sequence.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import logging
 import math
 import pathlib
+import re
 from typing import Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
@@ -33,8 +39,12 @@ log = logging.getLogger(__name__)
 # Cells that mean "this AU is not labelled for this row".
 _MISSING = {"", "na", "nan", "n/a"}
 # Keys a table id can be matched on: the sample's full uid, its path relative
-# to the source root, or that path's file stem.
-JOIN_KEYS = ("stem", "path", "uid")
+# to the source root, that path's file stem, or the sample's sequence.
+JOIN_KEYS = ("stem", "path", "uid", "sequence")
+# What happens to a sample without a table row: kept with no AU label (and
+# counted in a warning), or quarantined as ``no_au_row``.
+MISSING_ROW = ("keep", "quarantine")
+_AU_NAME = re.compile(r"^AU(\d+)", re.IGNORECASE)
 
 
 @dataclasses.dataclass
@@ -53,8 +63,10 @@ class AUTable:
         return len(self.aus)
 
 
-def _au_columns(header: List[str], id_col: int, path) -> Dict[int, int]:
-    """CSV column index -> index in :data:`contract.AUS`."""
+def _au_columns(header: List[str], id_col: int, path,
+                quarantine: Quarantine) -> Dict[int, int]:
+    """CSV column index -> index in :data:`contract.AUS`. AU columns the
+    contract lacks are quarantined as ``au_not_in_contract``."""
     mapping, seen, ignored = {}, {}, []
     for i, name in enumerate(header):
         if i == id_col:
@@ -62,7 +74,11 @@ def _au_columns(header: List[str], id_col: int, path) -> Dict[int, int]:
         try:
             au = contract.au_index(name)
         except contract.ContractError:
-            ignored.append(name)
+            if _AU_NAME.match(name.strip()):
+                quarantine.add(f"{path}:1", "au_not_in_contract",
+                               f"column {name!r}: not one of {', '.join(contract.AU_NAMES)}")
+            else:
+                ignored.append(name)
             continue
         if au in seen:
             raise ValueError(
@@ -74,7 +90,7 @@ def _au_columns(header: List[str], id_col: int, path) -> Dict[int, int]:
         raise ValueError(f"AU table {str(path)!r}: no AU column in header {header!r} "
                          f"(known AUs: {', '.join(contract.AU_NAMES)})")
     if ignored:
-        log.warning("AU table %s: ignoring columns that are no contract AU: %s",
+        log.warning("AU table %s: ignoring columns that are no AU: %s",
                     path, ", ".join(ignored))
     return mapping
 
@@ -89,7 +105,8 @@ def read_au_table(path, quarantine: Quarantine, *,
       path: the CSV file.
       quarantine: rows rejected as ``au_out_of_range`` (value < 0 or above
         ``intensity_max``), ``non_numeric_au``, ``missing_id``, ``duplicate_id``
-        or ``malformed_row`` are recorded as ``<path>:<line>``.
+        or ``malformed_row`` are recorded as ``<path>:<line>``; AU columns the
+        contract lacks as ``au_not_in_contract`` (``<path>:1``).
       id_column: name of the id column (case-insensitive); default the first.
       intensity_max: the value that means "maximal": 1 for occurrence labels,
         5 for FACS intensities A-E. ``"auto"``: 5 if any value exceeds 1, else 1.
@@ -114,7 +131,7 @@ def read_au_table(path, quarantine: Quarantine, *,
                 raise ValueError(f"AU table {str(path)!r} has no id column {id_column!r}; "
                                  f"header: {header!r}")
             id_col = lowered.index(id_column.lower())
-        au_cols = _au_columns(header, id_col, path)
+        au_cols = _au_columns(header, id_col, path, quarantine)
 
         raw = {}  # id -> (line, values with NaN for missing)
         for row in reader:
@@ -185,6 +202,8 @@ def sample_key(sample: contract.FaceSample, key: str) -> str:
     """The id of ``sample`` an AU table is matched on (see :data:`JOIN_KEYS`)."""
     if key == "uid":
         return sample.uid
+    if key == "sequence":
+        return sample.sequence
     prefix = sample.dataset + "/"
     rel = sample.uid[len(prefix):] if sample.uid.startswith(prefix) else sample.uid
     if key == "path":
@@ -202,7 +221,7 @@ def _has_image_suffix(name: str) -> bool:
 def _table_key(row_id: str, key: str) -> str:
     """Normalize a table id the way :func:`sample_key` names samples."""
     row_id = row_id.strip()
-    if key == "uid":
+    if key in ("uid", "sequence"):
         return row_id
     row_id = row_id.replace("\\", "/")
     while row_id.startswith("./"):
@@ -218,24 +237,31 @@ def join_au_table(samples: Iterable[contract.FaceSample], table, quarantine: Qua
                   key: str = "stem",
                   id_column: Optional[str] = None,
                   intensity_max: Union[str, float] = "auto",
-                  delimiter: str = ",") -> Iterator[contract.FaceSample]:
+                  delimiter: str = ",",
+                  missing: str = "keep") -> Iterator[contract.FaceSample]:
     """Attach AU values + mask from an AU table to samples of any reader.
 
     Each sample is matched by ``key`` (``"stem"``: file name without image
-    extension, ``"path"``: path relative to the source root, ``"uid"``). A
-    matched sample gets the table's values where the table knows them (mask 1);
-    a sample without a row keeps its AUs (zero mask unless set before). Table
-    rows that match no sample are recorded in ``quarantine`` as
-    ``unmatched_au_row`` once the samples are exhausted.
+    extension, ``"path"``: path relative to the source root, ``"uid"``,
+    ``"sequence"``: one row labels every frame of its sequence). A matched
+    sample gets the table's values where the table knows them (mask 1). A
+    sample without a row: ``missing="keep"`` keeps it with its AUs (zero mask
+    unless set before) and a warning gives their number and the first ones;
+    ``missing="quarantine"`` quarantines it as ``no_au_row``. Table rows that
+    match no sample are recorded in ``quarantine`` as ``unmatched_au_row`` once
+    the samples are exhausted.
 
     Args:
       samples: any iterable of samples (e.g. a reader's output).
       table: path of the AU CSV, or an :class:`AUTable` already read.
       quarantine: receives the table's rejected rows and the unmatched ones.
       key, id_column, intensity_max, delimiter: see above and :func:`read_au_table`.
+      missing: ``"keep"`` or ``"quarantine"`` (see above).
     """
     if key not in JOIN_KEYS:
         raise ValueError(f"unknown join key {key!r}; one of {JOIN_KEYS}")
+    if missing not in MISSING_ROW:
+        raise ValueError(f"missing: one of {MISSING_ROW}, got {missing!r}")
     if not isinstance(table, AUTable):
         table = read_au_table(table, quarantine, id_column=id_column,
                               intensity_max=intensity_max, delimiter=delimiter)
@@ -244,11 +270,20 @@ def join_au_table(samples: Iterable[contract.FaceSample], table, quarantine: Qua
         by_key.setdefault(_table_key(row_id, key), row_id)
 
     def joined():
-        matched, n_samples, n_labelled = set(), 0, 0
+        matched, n_samples, n_labelled, n_no_row, no_row = set(), 0, 0, 0, []
         for sample in samples:
             n_samples += 1
             row_id = by_key.get(sample_key(sample, key))
-            if row_id is not None:
+            if row_id is None:
+                if missing == "quarantine":
+                    quarantine.add(sample.uid, "no_au_row",
+                                   f"no row of {table.path} has {key} "
+                                   f"{sample_key(sample, key)!r}")
+                    continue
+                n_no_row += 1
+                if len(no_row) < 5:
+                    no_row.append(sample.uid)
+            else:
                 n_labelled += 1
                 mask = table.masks[row_id] > 0
                 sample.aus = np.where(mask, table.aus[row_id], sample.aus).astype(np.float32)
@@ -263,5 +298,9 @@ def join_au_table(samples: Iterable[contract.FaceSample], table, quarantine: Qua
         log.info("AU table %s: %d of %d samples labelled, %d table rows unmatched "
                  "(intensity_max %g)", table.path, n_labelled, n_samples,
                  len(unmatched), table.intensity_max)
+        if n_no_row:
+            log.warning("AU table %s: %d of %d samples have no row (by %s) and no AU "
+                        "label, e.g. %s", table.path, n_no_row, n_samples, key,
+                        ", ".join(no_row))
 
     return joined()

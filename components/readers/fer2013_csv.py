@@ -66,8 +66,9 @@ def read_fer2013_csv(path, dataset: str, quarantine: Quarantine, *,
     ``uid`` is ``<dataset>/<csv file name>/<line number>``; every rejected row is
     quarantined as ``<path>:<line number>`` with reason ``short_pixel_row``,
     ``long_pixel_row``, ``non_integer_pixel``, ``pixel_out_of_range``,
-    ``bad_emotion_index``, ``unknown_usage`` or ``malformed_row`` (wrong number
-    of cells).
+    ``bad_emotion_index``, ``unknown_usage``, ``malformed_row`` (wrong number
+    of cells) or ``image_too_small`` (``image_size`` under
+    :data:`_common.MIN_FACE_SIZE`).
 
     Raises:
       EmptySourceError: not a file, no ``pixels`` column, or no usable row.
@@ -114,6 +115,8 @@ def read_fer2013_csv(path, dataset: str, quarantine: Quarantine, *,
                 pixels, error = _parse_pixels(row[col["pixels"]], image_size)
                 if error:
                     quarantine.add(where, *error)
+                    continue
+                if _common.too_small(image_size, image_size, where, quarantine):
                     continue
                 yield contract.FaceSample(
                     image=contract.encode_png(pixels), dataset=dataset,

@@ -33,7 +33,7 @@ def read_jaffe(path, dataset: str, quarantine: Quarantine, *,
     Rejected files go to ``quarantine`` as ``bad_file_name`` (not
     ``<subject>.<code><n>.<n>.<ext>``), ``unknown_class`` (code not in
     NE/HA/SA/SU/AN/DI/FE), ``unsupported_file`` (not an image),
-    ``empty_file`` or ``undecodable_image``.
+    ``empty_file``, ``undecodable_image`` or ``image_too_small``.
 
     Raises:
       EmptySourceError: no usable image at all.

@@ -96,7 +96,10 @@ def read_pts_landmarks(path, dataset: str, quarantine: Quarantine, *,
     the header's ``n_points``), ``unparsable_landmarks``, ``missing_image``
     (a .pts with no image), ``missing_landmarks`` (an image with no .pts),
     ``duplicate_image`` (a second image with the same stem), ``empty_file``,
-    ``undecodable_image``, ``unsupported_file``.
+    ``undecodable_image``, ``image_too_small`` (under 16 x 16 px),
+    ``unsupported_file``. 300-W crops (``NAME.jpg`` + ``NAME.pts``, 128 x 128)
+    give landmarks in [0, 1] of the crop, ``landmarks_mask`` 1, no emotion
+    (``emotion`` -1, zero ``emotion_mask``) and no subject.
 
     Raises:
       EmptySourceError: no usable pair at all.
