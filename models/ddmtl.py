@@ -37,7 +37,7 @@ Loss of one batch (Eq 8, ``L = SL + beta CL``)::
                 Without it T = 1 (this batch only). No gradient flows through W.
 
 Ablations: ``weights_from="none"`` (W = 1: no reweighting), ``beta=0`` (no
-contrastive term).
+contrastive term), ``pcon_accumulate=False`` (W from this batch only).
 
 How the batch is used:
 
