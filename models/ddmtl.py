@@ -33,7 +33,7 @@ Loss of one batch (Eq 8, ``L = SL + beta CL``)::
                 of every step are summed per sample in a
                 :class:`models.losses.PConStore` (``pcon_store_size`` slots,
                 keyed by a hash of the image, ``models.losses.image_keys``), so
-                T is the number of steps whose batch held x: one per epoch.
+                T is the number of steps whose batch held x: one per pass.
                 Without it T = 1 (this batch only). No gradient flows through W.
 
 Ablations: ``weights_from="none"`` (W = 1: no reweighting), ``beta=0`` (no

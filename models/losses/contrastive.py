@@ -31,14 +31,15 @@ to the same class and never the point itself:
 
       W_k(x_i) = G( sum_{t=1..T_i} pCON_t(x_i) / T_i )
 
-  ``T_i`` = the number of training steps whose batch held ``x_i`` (one per
-  epoch: the paper's "iteration traverses through all batch blocks").
+  ``T_i`` = the number of training steps whose batch held ``x_i``: one per
+  pass over the training set, the paper's iteration ("each iteration
+  traverses through all batch blocks of the training set", Sec. 3.4).
 * ``G`` (:func:`gaussian_scaling`): ``w = exp(-a^2 / (2 sigma^2))``, ``sigma``
   the median of ``a`` over the batch (or fixed), samples without neighbours
   and without history get the mean weight, then ``w / mean(w)``. With the
   median ``G`` is scale-free, so ``G(sum_t) = G(sum_t / T)`` whenever every
   sample has the same ``T``; dividing by ``T_i`` keeps samples seen one more
-  time in the current epoch comparable. Dense samples get weights near 1,
+  time in the current pass comparable. Dense samples get weights near 1,
   outliers near 0; no gradient flows through the weights.
 """
 
