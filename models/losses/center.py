@@ -46,7 +46,8 @@ centre, and Eq 9's denominator would not depend on the other centres. What
               (``lambda_reduction="mean"``, in [-1, 1]); ``"sum"`` is Eq 7 as printed
 
 ``phi`` makes ``L_i`` independent of the feature scale; ``lambda`` depends on
-the centres only (no gradient), so it shifts the value, not the gradient. The
+the centres only (no gradient), so without the hinge it shifts the value, not
+the gradient. The
 loss is not bounded below (``log sum exp(-d_ij / phi)`` falls as the other
 centres move away); ``hinge=True`` clips ``L_i`` at 0 as the Magnet loss
 (Rippel et al. 2016), whose form Eq 6 follows, does. ``variant="margin_hinge"``
