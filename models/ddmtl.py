@@ -1,8 +1,11 @@
-"""DDMTL: a siamese, shared-weight CNN trained with a reachability-weighted
-softmax loss plus a contrastive loss (after Hu et al., "deep multi-task learning
-to recognise subtle facial expressions").
+"""DDMTL: a siamese, shared-weight CNN trained with a reweighted softmax loss
+plus a contrastive loss. Seed: Zheng, Wang, Ji, Zong, Wong, Lai, Lv,
+"Discriminative deep multi-task learning for facial expression recognition"
+(Elsevier, 2020). Paper element by element, with every deviation and its
+reason: docs/methods.md (DDMTL).
 
-Architecture (one branch; both branches share every weight)::
+Architecture (one branch; both branches share every weight; Sec. 4: 4 conv
+layers, each followed by max-pooling and LRN, one FC layer, softmax)::
 
     image [B, 50, 50, 1]
       -> 4 x (Conv2D(f_b, k) + ReLU -> MaxPool 2x2 -> LRN)
@@ -10,26 +13,33 @@ Architecture (one branch; both branches share every weight)::
       -> Dense(8)                                          = logits z(x)
       -> softmax over the label space seen in training     = probabilities
 
-Loss of one batch (Eq. 1 of our reading of the paper)::
+Loss of one batch (Eq 8, ``L = SL + beta CL``)::
 
-    L = 1/|P| * sum_{k=(i,j) in P} [ W_k(x_i) SLoss(x_i) + W_k(x_j) SLoss(x_j) ]
-        + beta * 1/|P| * sum_{(i,j) in P} CL(x_i, x_j)
+    SL = 1/|P| sum_{(i,j) in P} [ W_k(x_i) SLoss(x_i) + W_k(x_j) SLoss(x_j) ]   (Eq 2)
+    CL = 1/|P| sum_{(i,j) in P} 0.5 (1 - Y_ij) D^2 + 0.5 Y_ij max(0, m - D)     (Eqs 5-7)
 
-    SLoss(x)      = masked softmax cross-entropy of z(x) (logits of emotions
-                    outside the sample's ``emotion_mask`` are excluded; a
-                    sample with ``emotion == -1`` contributes 0)
-    CL(x_i, x_j)  = contrastive loss of the embeddings, margin m
-                    (``models.losses.contrastive_loss``):
-                    same * d^2 + (1 - same) * max(0, m - d)^2, d = ||f_i - f_j||
-    W_k(x)        = reachability weight of x among its k nearest neighbours in
-                    embedding space (``models.losses.reachability_weights``),
-                    computed on the current batch (``weights_from="batch"``) or
-                    against a :class:`models.losses.FeatureMemoryBank` of past
-                    embeddings (``weights_from="bank"``); no gradient flows
-                    through W.
-    beta = 0.01, m = ``margin``.
+    SLoss(x)  = softmax cross-entropy of z(x) (Eq 1), masked: logits of emotions
+                outside the sample's ``emotion_mask`` are excluded; a sample
+                with ``emotion == -1`` contributes 0
+    D         = ||f(x_i) - f(x_j)||_2 (Eq 6), Y_ij = 1 for different emotions
+                (``models.losses.contrastive_loss``)
+    W_k(x)    = G(sum_{t=1..T} pCON_t(x) / T) (Eqs 3-4; the reading of pCON and
+                G is in ``models.losses.contrastive``): pCON_t is the mean
+                reachability distance of x among its ``reach_k`` nearest
+                same-class neighbours in embedding space at step t, taken in
+                the batch (``weights_from="batch"``) or against a
+                :class:`models.losses.FeatureMemoryBank` of past embeddings
+                (``weights_from="bank"``). With ``pcon_accumulate`` the values
+                of every step are summed per sample in a
+                :class:`models.losses.PConStore` (``pcon_store_size`` slots,
+                keyed by a hash of the image, ``models.losses.image_keys``), so
+                T is the number of steps whose batch held x: one per pass.
+                Without it T = 1 (this batch only). No gradient flows through W.
 
-Interpretation choices (written down because the paper leaves them open):
+Ablations: ``weights_from="none"`` (W = 1: no reweighting), ``beta=0`` (no
+contrastive term), ``pcon_accumulate=False`` (W from this batch only).
+
+How the batch is used:
 
 * **Pairs are formed inside the batch** (:func:`form_pairs`): every labelled
   sample is the anchor ``x_i`` of exactly one pair; a fraction
@@ -41,13 +51,10 @@ Interpretation choices (written down because the paper leaves them open):
 * **The second branch reuses the batch's forward pass.** The two branches share
   every weight and the network has no stochastic layers, so ``f(x_j)`` is the
   row ``j`` of the batch's outputs; gradients are identical to running two
-  towers.
-* **W_k is per sample**: ``W_k(x_i)`` multiplies ``SLoss(x_i)`` and
-  ``W_k(x_j)`` multiplies ``SLoss(x_j)`` (the paper writes one ``W_k`` per pair
-  term; with per-sample reachability this is its natural reading). ``k`` is the
-  neighbourhood size ``reach_k``.
-* The sum over pairs is normalised by the number of pairs so the loss scale does
-  not depend on the batch size.
+  towers. One softmax head serves both branches (Eqs 10-11 update a Theta_1
+  and a Theta_2; see docs/methods.md).
+* The sums over pairs are normalised by the number of pairs, so the loss scale
+  does not depend on the batch size.
 * The input is standardised per image (``standardize``,
   ``models.backbones.PerImageStandardization``) before the first convolution;
   without it (and without batch norm, which the paper's net does not have) the
@@ -56,10 +63,11 @@ Interpretation choices (written down because the paper leaves them open):
   ``emotion_mask`` of every batch (``models.loss_model.LabelSetMask``); the
   inference softmax runs over that set (untrained logits, e.g. ``contempt`` for a
   7-class dataset, get probability 0). Before any training all 8 are allowed.
-* Optimiser: the paper preset uses SGD (momentum 0.9), lr 0.05, multiplied by
-  ``lr_decay`` after every epoch (:meth:`DDMTL.callbacks`); the decay factor and
-  the filter counts are not given in the paper and are our choice. The small
-  preset uses Adam with far fewer filters so that it trains on a CPU in seconds.
+* Optimiser: the paper preset is plain SGD (Eq 9) at lr 0.05, multiplied by
+  ``lr_decay`` after every epoch (:meth:`DDMTL.callbacks`); the paper gives no
+  decay factor, batch size, filter counts or margin (ours are listed in
+  docs/methods.md). The small preset uses Adam with far fewer filters so that
+  it trains on a CPU in seconds.
 
 Saving: like every ``models.loss_model.LossModel``, the training model
 round-trips through ``save_weights``/``load_weights`` (rebuild it with
@@ -81,7 +89,8 @@ from components import contract
 from models import backbones
 from models.base import Method
 from models.layers import LocalResponseNormalization
-from models.losses import FeatureMemoryBank, contrastive_loss, reachability_weights
+from models.losses import (FeatureMemoryBank, PConStore, contrastive_loss, gaussian_scaling,
+                           image_keys, pair_distance, reachability_distance)
 from models.losses.classification import masked_softmax_cross_entropy
 from models.optimizers import optimizer_from_cfg
 from models.loss_model import LabelSetMask, LossModel
@@ -158,31 +167,44 @@ def form_pairs(emotion, same_pair_ratio: float, seed: Optional[int] = None):
     return partner, use_same & valid, valid
 
 
-def sample_weights(embedding, emotion, k: int, bank=None):
-    """Reachability weights ``W_k`` ([B], no gradient) of the labelled samples of a
-    batch; unlabelled samples get 0. With ``bank`` (a
-    :class:`models.losses.FeatureMemoryBank`) neighbours come from the bank."""
+def sample_weights(embedding, emotion, k: int, bank=None, store=None, slots=None,
+                   training: bool = False):
+    """``W_k`` (Eqs 3-4; ``[B]``, no gradient) of the labelled samples of a batch;
+    unlabelled samples get 0.
+
+    ``pCON_t`` is taken among the batch, or among the batch plus ``bank`` (a
+    :class:`models.losses.FeatureMemoryBank`). With ``store`` (a
+    :class:`models.losses.PConStore`) and ``slots`` (``[B]``,
+    :func:`models.losses.image_keys`) ``G`` is applied to each sample's
+    accumulated ``sum_t pCON_t / T``; ``training`` writes this step's values.
+    """
     emb = tf.stop_gradient(tf.cast(embedding, tf.float32))
     y = tf.reshape(tf.cast(emotion, tf.int64), [-1])
     keep = y >= 0
     idx = tf.where(keep)[:, 0]
     f, lab = tf.gather(emb, idx), tf.gather(y, idx)
     if bank is None:
-        w = reachability_weights(f, lab, k=k)
+        pcon, has = reachability_distance(f, lab, k=k)
     else:
         bf, bl = bank.read()
-        w = reachability_weights(f, lab, k=k, bank_features=bf, bank_labels=bl)
-    w = tf.stop_gradient(tf.cast(tf.reshape(w, [-1]), tf.float32))
+        pcon, has = reachability_distance(f, lab, k=k, bank_features=bf, bank_labels=bl)
+    if store is not None:
+        if slots is None:
+            raise ValueError("sample_weights: a PConStore needs the samples' slots")
+        pcon, has = store.accumulate(tf.gather(tf.reshape(slots, [-1]), idx), pcon, has,
+                                     write=training)
+    w = tf.stop_gradient(tf.cast(tf.reshape(gaussian_scaling(pcon, has), [-1]), tf.float32))
     return tf.scatter_nd(idx[:, None], w, tf.shape(y, out_type=tf.int64))
 
 
 def ddmtl_loss(logits, embedding, emotion, emotion_mask, partner, same, pair_valid,
                weights=None, beta: float = 0.01, margin: float = 1.0) -> Dict[str, tf.Tensor]:
-    """Eq. 1: ``{"loss", "softmax", "contrastive", "accuracy"}`` of one batch of pairs.
+    """Eq 8 of one batch of pairs: ``{"loss", "softmax", "contrastive", "accuracy"}``.
 
-    ``softmax = 1/|P| sum_(i,j) [W_i SLoss_i + W_j SLoss_j]`` and
-    ``contrastive = 1/|P| sum_(i,j) CL(f_i, f_j)``; ``loss = softmax + beta *
-    contrastive``. ``weights`` None means ``W = 1``.
+    ``softmax`` = Eq 2, ``1/|P| sum_(i,j) [W_i SLoss_i + W_j SLoss_j]``;
+    ``contrastive`` = ``1/|P| sum_(i,j) CL_ij`` with ``CL`` of Eq 7
+    (``models.losses.contrastive_loss``, ``Y_ij = 1 - same``);
+    ``loss = softmax + beta * contrastive``. ``weights`` None means ``W = 1``.
     """
     ce = masked_softmax_cross_entropy(emotion, logits, emotion_mask)
     sl = ce["per_sample"]                     # [B]
@@ -194,9 +216,9 @@ def ddmtl_loss(logits, embedding, emotion, emotion_mask, partner, same, pair_val
     softmax = tf.reduce_sum(pv * (sl + tf.gather(sl, partner))) / n_pairs
 
     emb = tf.cast(embedding, tf.float32)
-    # mean over the valid pairs (0 when there is none): pair weights = pair_valid
-    cl = contrastive_loss(emb, tf.gather(emb, partner), tf.cast(same, tf.float32), margin,
-                          weights=pv)
+    d = pair_distance(emb, tf.gather(emb, partner))                       # Eq 6
+    per_pair = contrastive_loss(d, 1.0 - tf.cast(same, tf.float32), margin)  # Eq 7
+    cl = tf.reduce_sum(pv * per_pair) / n_pairs         # mean over valid pairs (0 if none)
     return {"loss": softmax + beta * cl, "softmax": softmax, "contrastive": cl,
             "accuracy": ce["accuracy"]}
 
@@ -232,7 +254,7 @@ class DDMTLModel(LossModel):
     """Training model (``models.loss_model.LossModel``): the shared branch ``net``
     plus the in-batch pair forming of :func:`form_pairs` and the loss of
     :func:`ddmtl_loss`. Save/restore with ``save_weights``/``load_weights``
-    (the memory bank, when used, is part of the weights)."""
+    (the memory bank and the pCON store, when used, are part of the weights)."""
 
     loss_terms = ("loss", "softmax", "contrastive", "same_pairs", "accuracy")
 
@@ -240,12 +262,15 @@ class DDMTLModel(LossModel):
         super().__init__(net, **kwargs)
         self.cfg = dict(cfg)
         self.bank = None
+        self.pcon_store = None
         if self.cfg["weights_from"] == "bank":
             self.bank = FeatureMemoryBank(self.cfg["bank_size"], self.cfg["embedding_dim"],
                                           name="memory_bank")
         elif self.cfg["weights_from"] not in ("batch", "none"):
             raise ValueError("weights_from must be 'batch', 'bank' or 'none', got "
                              f"{self.cfg['weights_from']!r}")
+        if self.cfg["weights_from"] != "none" and self.cfg["pcon_accumulate"]:
+            self.pcon_store = PConStore(self.cfg["pcon_store_size"], name="pcon_store")
 
     def compute_batch_loss(self, batch, outputs, training):
         cfg = self.cfg
@@ -253,8 +278,12 @@ class DDMTLModel(LossModel):
         partner, same, valid = form_pairs(emotion, cfg["same_pair_ratio"])
         weights = None
         if cfg["weights_from"] != "none":
+            slots = None
+            if self.pcon_store is not None:
+                slots = image_keys(batch["image"], self.pcon_store.size)
             weights = sample_weights(outputs["embedding"], emotion, cfg["reach_k"],
-                                     bank=self.bank)
+                                     bank=self.bank, store=self.pcon_store, slots=slots,
+                                     training=training)
         terms = ddmtl_loss(outputs["logits"], outputs["embedding"], emotion,
                            batch["emotion_mask"], partner, same, valid, weights,
                            cfg["beta"], cfg["margin"])
@@ -291,32 +320,38 @@ class DDMTL(Method):
             "beta": 0.01,
             "margin": 1.0,
             "reach_k": 5,
-            "weights_from": "batch",      # batch | bank | none
+            "weights_from": "batch",      # batch | bank | none (no reweighting)
             "bank_size": 512,
+            "pcon_accumulate": True,      # Eq 4: sum pCON over iterations (False: T = 1)
+            "pcon_store_size": 4096,
             "optimizer": "adam",
             "learning_rate": 2e-3,
             "momentum": 0.9,
             "lr_decay": 1.0,
             "batch_size": 32,
         },
+        # Zheng et al. where the paper gives a value (section in the comment); the
+        # rest is ours (docs/methods.md, DDMTL).
         "paper": {
-            "image_size": 50,
-            "standardize": True,
-            "filters": [64, 128, 256, 256],
+            "image_size": 50,             # Sec. 4.1: cropped to 50 x 50, 8-bit grey
+            "standardize": True,          # ours: the paper says nothing of normalisation
+            "filters": [64, 128, 256, 256],   # Sec. 4: 4 conv layers (sizes not given)
             "kernel_size": 3,
-            "embedding_dim": 1024,
-            "lrn": dict(_LRN),
+            "embedding_dim": 1024,        # Sec. 4: one FC layer (width not given)
+            "lrn": dict(_LRN),            # Sec. 4: max-pool + LRN after each conv
             "same_pair_ratio": 0.5,
-            "beta": 0.01,
-            "margin": 1.0,
-            "reach_k": 5,
+            "beta": 0.01,                 # Sec. 4.1, Fig. 4: beta = 0.01
+            "margin": 1.0,                # Eq 7: m > 0 (value not given)
+            "reach_k": 5,                 # Fig. 2 illustrates k = 5
             "weights_from": "batch",
             "bank_size": 4096,
-            "optimizer": "sgd",
-            "learning_rate": 0.05,
-            "momentum": 0.9,
-            "lr_decay": 0.9,
-            "batch_size": 128,
+            "pcon_accumulate": True,      # Eq 4: W_k = G(sum_{t=1..T} pCON)
+            "pcon_store_size": 2 ** 20,
+            "optimizer": "sgd",           # Sec. 3.4 / Sec. 4: stochastic gradient descent
+            "learning_rate": 0.05,        # Sec. 4: initial learning rate 0.05
+            "momentum": 0.0,              # Eq 9: Theta <- Theta - eta grad (plain SGD)
+            "lr_decay": 0.9,              # Sec. 4: "decayed per epoch" (factor not given)
+            "batch_size": 128,            # not given
         },
     }
 

@@ -1,6 +1,7 @@
 """Multi-dataset network: component CNNs, each pre-trained on its own dataset,
-fine-tuned on the other's and integrated by a weighted sum (after Yang et al.,
-multi-dataset facial expression recognition with center loss and MD loss).
+fine-tuned on the other's and integrated by a weighted sum. Seed: Yang, Li,
+Cao, "Facial Expression Recognition Based on Multi-dataset Neural Network"
+(center loss and MD loss; deviations: docs/methods.md, multi-dataset network).
 
 Component CNN ``C_j`` (one per dataset, ``n_components`` = 2)::
 
@@ -38,8 +39,12 @@ Loss of a subset ``D`` of samples for scores ``z`` and features ``f``::
   subset (``models.losses.CenterLoss`` with ``reduction="mean"``, so the weight
   does not depend on the batch size), the centres updated by the alpha rule;
   one centre set per component (each lives in its own feature space);
-* ``L_MD`` (Eqs. 6-9): the MD loss against the ``md_nearest`` (P) nearest
-  other-class centres (``models.losses.md_loss``, ``md_margin_scale``).
+* ``L_MD`` (Eqs. 6-9): the MD loss, a log-ratio of the own-centre term to the
+  ``md_nearest`` (P) nearest other-class centres, normalised by phi (Eq 8) and
+  averaged over the subset (``models.losses.md_loss``: ``md_variant``,
+  ``md_hinge``, ``md_lambda``; what was printed and what is computed is in its
+  module docstring and docs/methods.md). Since phi divides the distances, the
+  term does not grow with the feature scale; ``L_C`` (Eq 1) does.
 
 Multi-dataset weighted sum (Eq. 10)::
 
@@ -265,8 +270,10 @@ class MultiDatasetModel(LossModel):
         y = _only(emotion, member)
         layer = self.center_losses[j]
         feats = tf.cast(features, tf.float32)
-        md = md_loss(feats, y, layer.centers, num_nearest=self.cfg["md_nearest"],
-                     margin_scale=self.cfg["md_margin_scale"])
+        md = md_loss(feats, y, tf.convert_to_tensor(layer.centers), self.cfg["md_nearest"],
+                     variant=self.cfg["md_variant"], hinge=self.cfg["md_hinge"],
+                     lambda_reduction=self.cfg["md_lambda"],
+                     margin_scale=self.cfg["md_margin_scale"], reduction="mean")
         center = layer(feats, y, training=training)    # loss before the alpha update
         return tf.cast(center, tf.float32), tf.cast(md, tf.float32)
 
@@ -437,8 +444,11 @@ class MultiDatasetNet(Method):
             "center_weight": 0.01,
             "center_alpha": 0.5,
             "md_weight": 0.01,
-            "md_nearest": 2,
-            "md_margin_scale": 1.0,
+            "md_variant": "log_ratio",     # Eqs 6/9 | margin_hinge (fer-mtl's earlier loss)
+            "md_nearest": 2,               # P of Eq 9 (None: every other centre, Eq 6)
+            "md_hinge": False,             # log_ratio clipped at 0 (Magnet loss)
+            "md_lambda": "mean",           # Eq 7 mean | sum (as printed)
+            "md_margin_scale": 1.0,        # margin_hinge only
             "dataset_weights": [0.5, 0.5],
             "stage_fractions": [0.6, 0.2, 0.2],
             "stage_lr_factors": [1.0, 0.1, 0.1],

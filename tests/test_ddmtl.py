@@ -19,7 +19,7 @@ import tensorflow as tf
 from components import contract, synthetic
 from models import ddmtl as D
 from models import inputs
-from models.losses import masked_softmax_cross_entropy
+from models.losses import image_keys, masked_softmax_cross_entropy
 from tests.method_helpers import accuracy, assert_export_answers_raw_images, chance, images_of
 
 SIZE = 50
@@ -204,15 +204,69 @@ def test_export_answers_raw_images(trained, split, tmp_path):
     assert res["embedding"].shape == (5, cfg["embedding_dim"])
 
 
-def test_paper_preset_builds():
+def test_paper_preset_has_the_papers_values():
+    """Zheng et al.: the values the paper gives (section in each comment)."""
+    from models.layers import LocalResponseNormalization
+
     method = D.DDMTL()
     cfg = method.config("paper")
-    assert cfg["optimizer"] == "sgd" and cfg["learning_rate"] == 0.05 and cfg["beta"] == 0.01
+    assert cfg["image_size"] == 50                 # Sec. 4.1: cropped to 50 x 50 pixels
+    assert cfg["optimizer"] == "sgd"               # Sec. 3.4, Sec. 4: stochastic gradient descent
+    assert cfg["momentum"] == 0.0                  # Eq 9: Theta^{i+1} = Theta^i - eta grad
+    assert cfg["learning_rate"] == 0.05            # Sec. 4: initial learning rate 0.05
+    assert 0 < cfg["lr_decay"] < 1                 # Sec. 4: "decayed per epoch" (no factor)
+    assert cfg["beta"] == 0.01                     # Sec. 4.1, Fig. 4: beta = 0.01
+    assert cfg["margin"] > 0                       # Eq 7: m > 0
+    assert cfg["weights_from"] != "none" and cfg["pcon_accumulate"]   # Eq 4: sum over T
     net = D.build_branch(cfg)
-    assert net.input_shape == (None, 50, 50, 1)
-    assert sum(isinstance(l, keras.layers.Conv2D) for l in net.layers) == 4
+    assert net.input_shape == (None, 50, 50, 1)    # Sec. 4.1: 8-bit grey
+    kinds = [type(l).__name__ for l in net.layers
+             if isinstance(l, (keras.layers.Conv2D, keras.layers.MaxPooling2D,
+                               LocalResponseNormalization, keras.layers.Dense))]
+    # Sec. 4: 4 conv layers, each followed by max-pooling and LRN, one FC, softmax
+    assert kinds == ["Conv2D", "MaxPooling2D", "LocalResponseNormalization"] * 4 + ["Dense"] * 2
     cb = method.callbacks(cfg, 10)
     assert len(cb) == 1 and isinstance(cb[0], D.EpochDecay)
+
+
+def test_contrastive_term_is_the_mean_of_eq7_over_pairs():
+    """Eq 8 ``L = SL + beta CL`` with Eq 7 ``CL = 0.5 (1 - Y) D^2 + 0.5 Y max(0, m - D)``,
+    ``Y = 1`` for a pair of different emotions, averaged over the batch's pairs."""
+    logits, emb, y, mask, partner, same, valid = _loss_inputs(3)
+    got = D.ddmtl_loss(logits, emb, y, mask, partner, same, valid, None, 0.5, 6.0)
+    e, p, v, yy = (np.asarray(t) for t in (emb, partner, valid, y))
+    cl = []
+    for i in np.flatnonzero(v):
+        d = np.linalg.norm(e[i] - e[p[i]])
+        dissimilar = float(yy[i] != yy[p[i]])
+        cl.append(0.5 * (1 - dissimilar) * d ** 2 + 0.5 * dissimilar * max(0.0, 6.0 - d))
+    np.testing.assert_allclose(float(got["contrastive"]), np.mean(cl), rtol=1e-5)
+    np.testing.assert_allclose(float(got["loss"]), float(got["softmax"]) + 0.5 * np.mean(cl),
+                               rtol=1e-5)
+
+
+def test_pcon_store_accumulates_over_training_steps():
+    """Eq 4 ``W_k = G(sum_{t=1..T} pCON)``: each training step adds one pCON per
+    labelled sample to its slot (T += 1); evaluation reads without writing."""
+    method = D.DDMTL()
+    cfg = method.config("small", filters=[4, 4, 4, 4], embedding_dim=8, pcon_store_size=997)
+    model = method.build(cfg)
+    assert model.pcon_store is not None
+    y = _labels()
+    batch = {"image": tf.random.uniform([32, SIZE, SIZE, 1], seed=1), "emotion": y,
+             "emotion_mask": tf.ones([32, 8])}
+    slots = np.asarray(image_keys(batch["image"], 997))
+    for step in range(3):
+        out = model(batch["image"], training=True)
+        model.compute_batch_loss(batch, out, training=True)
+        counts = np.asarray(model.pcon_store.counts)[slots]
+        np.testing.assert_array_equal(counts[:28], step + 1)    # labelled samples
+        np.testing.assert_array_equal(counts[28:], 0)           # unlabelled: none
+    model.compute_batch_loss(batch, model(batch["image"]), training=False)
+    np.testing.assert_array_equal(np.asarray(model.pcon_store.counts)[slots][:28], 3)
+    off = method.build(method.config("small", pcon_accumulate=False, filters=[4, 4, 4, 4],
+                                     embedding_dim=8))
+    assert off.pcon_store is None
 
 
 def test_epoch_decay_multiplies_lr_each_epoch():

@@ -227,6 +227,11 @@ def test_paper_preset_builds():
     method = M.MultiDatasetNet()
     cfg = method.config("paper")
     assert cfg["fc_units"] == 2048 and cfg["dropout"] == 0.65 and cfg["image_size"] == 48
+    # Sec. 3.2.2: MD loss Eqs 6/9 (log-ratio, no hinge), lambda of Eq 7; Algorithm 1
+    # line 9 weighs the MD term by the same lambda as the centre loss in Eq 2
+    assert cfg["md_variant"] == "log_ratio" and not cfg["md_hinge"]
+    assert cfg["md_weight"] == cfg["center_weight"]
+    assert cfg["optimizer"] == "sgd" and cfg["learning_rate"] == 0.01   # Sec. 4: lr 0.01
     comp = M.build_component(cfg, 0)
     names = [l.name for l in comp.layers]
     assert sum(n.startswith("conv") for n in names) == 5

@@ -1,7 +1,9 @@
 """Local Response Normalization across channels (AlexNet style).
 
-Seed: Krizhevsky et al. (2012), Sec. 3.3, as used in the conv blocks of DDMTL
-(Hu et al., ECCV 2018)::
+Seed: Krizhevsky et al. (2012), Sec. 3.3, as used after every conv layer of
+DDMTL (Zheng, Wang, Ji, Zong, Wong, Lai, Lv, "Discriminative deep multi-task
+learning for facial expression recognition", 2020, Sec. 4; the paper gives no
+LRN constants, so AlexNet's are the defaults)::
 
     b^i_{x,y} = a^i_{x,y} / (k + alpha * sum_{j=max(0, i-n)}^{min(C-1, i+n)} (a^j_{x,y})^2)^beta
 

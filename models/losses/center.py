@@ -1,35 +1,62 @@
-"""Center loss, MD (multi-dataset) loss and the Eq 10 dataset-weighted total.
+"""Center loss (Eqs 1-5), MD loss (Eqs 6-9) and the Eq 10 dataset-weighted total.
 
-Seed: Yang et al., multi-dataset facial expression network (Eqs 1-10), with
-the center loss of Wen et al., "A Discriminative Feature Learning Approach for
-Deep Face Recognition" (ECCV 2016).
+Seed: Yang, Li, Cao, "Facial Expression Recognition Based on Multi-dataset
+Neural Network", Sec. 3.2.2, with the center loss of Wen, Zhang, Li, Qiao,
+"A Discriminative Feature Learning Approach for Deep Face Recognition" (ECCV
+2016). Every deviation from the printed text, and why: docs/methods.md
+(multi-dataset network).
 
-Center loss (Eqs 1-5)::
+Center loss, as printed (``k`` samples)::
 
-    L_C = 1/2 sum_i ||x_i - c_{y_i}||^2                                   (Eq 1)
-    dL_C/dx_i = x_i - c_{y_i}                                             (Eq 2)
-    Delta c_j = sum_i d(y_i = j) (c_j - x_i) / (1 + sum_i d(y_i = j))     (Eq 3)
-    c_j <- c_j - alpha Delta c_j                                          (Eq 4-5)
+    L_C = 1/2 sum_{i=1..k} ||x_i - c_{y_i}||^2                               (Eq 1)
+    L   = L_S + lambda L_C                                                   (Eq 2)
+    dL_C/dx_i = x_i - c_{y_i}                                                (Eq 3)
+    Delta c_j = sum_i d(y_i, j) (x_i - c_{y_i}) / (1 + sum_i d(y_i, j))      (Eq 4)
+    c_j^{t+1} = c_j^t - alpha Delta c_j^t                       (Algorithm 1, line 7)
 
-The centers are a non-trainable variable updated by the rule above (not by the
-optimizer); the loss gradient reaches only the features.
+With the printed sign of Eq 4, ``c_j - alpha Delta c_j`` moves each centre
+*away* from its features. :func:`center_update` keeps Wen et al.'s sign,
+``Delta c_j = sum_i d(y_i, j) (c_j - x_i) / (1 + n_j)``, which moves it towards
+them. :class:`CenterLoss` with ``reduction="mean"`` divides Eq 1 by the number
+of labelled samples (``1/2`` and the batch mean, as Wen et al.'s released
+center-loss layer does), so its weight does not depend on the batch size.
 
-MD loss (Eqs 6-9).  The text gives: an intra-class spread ``phi`` (feature
-variance about the centers), a margin ``lambda`` derived from the pairwise
-cosine similarity of centers, and a hinge against only the ``P`` nearest
-other centers.  Interpretation implemented in :func:`md_loss`::
+MD loss, printed (Eq 6; Eq 9 is the same with the sum limited to ``P``)::
 
-    phi           = mean_i ||x_i - c_{y_i}||^2                 (batch, gradient stopped)
-    lambda_{j,k}  = margin_scale * phi * (1 + cos(c_j, c_k)) / 2
-    N_P(j)        = the P centers k != j closest to c_j (Euclidean)
-    L_MD = 1/(n P) sum_i sum_{k in N_P(y_i)}
-               max(0, ||x_i - c_{y_i}||^2 - ||x_i - c_k||^2 + lambda_{y_i,k})
+    L_MD = - sum_{i=1..N} log [ exp( 1/phi ||x_i - c_{y_i}||^2 - lambda )
+                                / sum_{j=1, j != i}^{k} exp( -1/phi ||x_i - c_{y_j}||^2 ) ]   (Eq 6)
+    lambda = sum_{i=1, j=1, j != i}^{k} c_i . c_j / (||c_i||_2 ||c_j||_2)                    (Eq 7)
+    phi    = 1/2 sum_{i=1..k} ||x_i - c_{y_i}||^2                                           (Eq 8)
 
-i.e. every sample must be closer to its own center than to each of the P
-nearest competing centers by a margin that grows with how similar (in angle)
-the two centers are, in units of the current intra-class variance.  ``n`` is
-the number of labelled samples (labels < 0 are ignored).  Centers get no
-gradient (they come from :class:`CenterLoss`).
+and Eq 9 prints ``c_{y_i}`` in the denominator too. Read literally the
+numerator's ``+1/phi`` makes the loss *fall* as ``x_i`` moves away from its own
+centre, and Eq 9's denominator would not depend on the other centres. What
+:func:`md_loss` computes (``variant="log_ratio"``), per labelled sample::
+
+    L_i = -log [ exp(-d_{i,y_i} / phi - lambda) / sum_{j in N_P(y_i)} exp(-d_{ij} / phi) ]
+        = d_{i,y_i} / phi + lambda + log sum_{j in N_P(y_i)} exp(-d_{ij} / phi)
+
+    d_{ij}  = ||x_i - c_j||^2
+    N_P(y)  = the P centres j != y nearest to c_y ("skip some class centers which
+              are relatively far away from the current center"); P = C - 1 is Eq 6
+    phi     = 1/2 mean_i d_{i,y_i} over the labelled samples (Eq 8 with the mean:
+              the text calls phi "the variance"; the printed sum would shrink 1/phi
+              with the batch size); gradient stopped
+    lambda  = Eq 7 averaged over the C (C - 1) ordered centre pairs
+              (``lambda_reduction="mean"``, in [-1, 1]); ``"sum"`` is Eq 7 as printed
+
+``phi`` makes ``L_i`` independent of the feature scale; ``lambda`` depends on
+the centres only (no gradient), so without the hinge it shifts the value, not
+the gradient. The
+loss is not bounded below (``log sum exp(-d_ij / phi)`` falls as the other
+centres move away); ``hinge=True`` clips ``L_i`` at 0 as the Magnet loss
+(Rippel et al. 2016), whose form Eq 6 follows, does. ``variant="margin_hinge"``
+is the loss fer-mtl used before (not the paper's)::
+
+    L_i = 1/P sum_{k in N_P(y_i)} max(0, d_{i,y_i} - d_{ik} + lambda_{y_i,k}),
+    lambda_{j,k} = margin_scale * mean_i d_{i,y_i} * (1 + cos(c_j, c_k)) / 2
+
+Centers get no gradient from either (they move by :func:`center_update`).
 """
 
 from __future__ import annotations
@@ -39,20 +66,54 @@ from typing import Mapping
 import keras
 import tensorflow as tf
 
-__all__ = ["CenterLoss", "md_loss", "multi_dataset_loss"]
+__all__ = ["center_loss", "center_update", "CenterLoss", "md_phi", "md_lambda",
+           "nearest_other_centers", "md_loss", "multi_dataset_loss"]
+
+MD_VARIANTS = ("log_ratio", "margin_hinge")
+
+
+def _labels(labels):
+    """``(labels with -1 -> 0, valid)`` of ``[B]`` / ``[B, 1]`` int labels."""
+    y = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    valid = y >= 0
+    return tf.where(valid, y, tf.zeros_like(y)), valid
+
+
+def center_loss(features, labels, centers):
+    """Eq 1 per sample: ``1/2 ||x_i - c_{y_i}||^2`` (``[B]``; 0 where label < 0).
+    The gradient reaches the features only (Eq 3), not the centres."""
+    x = tf.convert_to_tensor(features)
+    y, valid = _labels(labels)
+    c = tf.stop_gradient(tf.gather(tf.cast(centers, x.dtype), y))
+    per = 0.5 * tf.reduce_sum(tf.square(x - c), axis=-1)
+    return tf.where(valid, per, tf.zeros_like(per))
+
+
+def center_update(features, labels, centers, alpha: float):
+    """Eq 4 with Wen et al.'s sign: the new centres ``c_j - alpha Delta c_j`` with
+    ``Delta c_j = sum_i d(y_i, j) (c_j - x_i) / (1 + sum_i d(y_i, j))``
+    (labels < 0 are ignored)."""
+    c = tf.convert_to_tensor(centers)
+    y, valid = _labels(labels)
+    x = tf.stop_gradient(tf.cast(features, c.dtype))
+    w = tf.cast(valid, c.dtype)
+    num = c.shape[0]
+    sums = tf.math.unsorted_segment_sum(x * w[:, None], y, num)
+    counts = tf.math.unsorted_segment_sum(w, y, num)[:, None]
+    delta = (counts * c - sums) / (1.0 + counts)
+    return c - alpha * delta
 
 
 @keras.saving.register_keras_serializable(package="fermtl")
 class CenterLoss(keras.layers.Layer):
-    """Center loss with the alpha center update (Wen et al. 2016; Yang et al. Eqs 1-5).
+    """Center loss with the alpha centre update (Wen et al. 2016; Yang et al. Eqs 1-5).
 
     ``call(features, labels, training=None)`` returns ``L_C`` for the batch
-    (``reduction="sum"``: ``1/2 sum_i ||x_i - c_{y_i}||^2`` as in Eq 1;
-    ``"mean"``: divided by the number of labelled samples), computed with the
-    centers *before* the update; when ``training`` is true it then applies
-    ``c_j <- c_j - alpha * Delta c_j``.  ``labels``: ``[B]`` (or ``[B, 1]``) int
-    class ids; labels < 0 are ignored (no loss, no update), which allows mixed
-    batches of datasets.
+    (:func:`center_loss` summed, ``reduction="sum"``: Eq 1; ``"mean"``: divided
+    by the number of labelled samples), computed with the centres *before* the
+    update; when ``training`` is true it then applies :func:`center_update`.
+    ``labels``: ``[B]`` (or ``[B, 1]``) int class ids; labels < 0 are ignored
+    (no loss, no update), which allows mixed batches of datasets.
     """
 
     def __init__(self, num_classes: int, feat_dim: int, alpha: float = 0.5,
@@ -68,30 +129,14 @@ class CenterLoss(keras.layers.Layer):
                                        initializer="zeros", trainable=False)
         self.built = True
 
-    @staticmethod
-    def _labels(labels):
-        y = tf.reshape(tf.cast(labels, tf.int32), [-1])
-        valid = y >= 0
-        return tf.where(valid, y, tf.zeros_like(y)), valid
-
     def update_centers(self, features, labels):
-        """Eqs 3-5: ``c_j <- c_j - alpha * sum_i d(y_i=j)(c_j - x_i) / (1 + n_j)``."""
-        y, valid = self._labels(labels)
-        x = tf.stop_gradient(tf.cast(features, self.centers.dtype))
-        w = tf.cast(valid, x.dtype)
-        sums = tf.math.unsorted_segment_sum(x * w[:, None], y, self.num_classes)
-        counts = tf.math.unsorted_segment_sum(w, y, self.num_classes)[:, None]
-        c = tf.convert_to_tensor(self.centers)
-        delta = (counts * c - sums) / (1.0 + counts)
-        self.centers.assign(c - self.alpha * delta)
+        """Eq 4 (Wen et al.'s sign), :func:`center_update`."""
+        self.centers.assign(center_update(features, labels, self.centers, self.alpha))
 
     def call(self, features, labels, training=None):
         x = tf.convert_to_tensor(features)
-        y, valid = self._labels(labels)
-        c = tf.stop_gradient(tf.cast(tf.gather(tf.convert_to_tensor(self.centers), y), x.dtype))
-        per = 0.5 * tf.reduce_sum(tf.square(x - c), axis=-1)
-        per = tf.where(valid, per, tf.zeros_like(per))
-        loss = tf.reduce_sum(per)
+        _, valid = _labels(labels)
+        loss = tf.reduce_sum(center_loss(x, labels, tf.convert_to_tensor(self.centers)))
         if self.reduction == "mean":
             loss = tf.math.divide_no_nan(loss, tf.reduce_sum(tf.cast(valid, loss.dtype)))
         if training:
@@ -109,50 +154,100 @@ class CenterLoss(keras.layers.Layer):
         return config
 
 
-def md_loss(features, labels, centers, num_nearest: int = 2, margin_scale: float = 1.0,
-            phi=None):
-    """MD loss (Yang et al. Eqs 6-9; exact interpretation in the module docstring).
+def md_phi(features, labels, centers):
+    """Eq 8 as a variance: ``1/2 mean_i ||x_i - c_{y_i}||^2`` over the labelled
+    samples (0 when there is none); gradient stopped."""
+    per = center_loss(features, labels, centers)
+    _, valid = _labels(labels)
+    n = tf.reduce_sum(tf.cast(valid, per.dtype))
+    return tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(per), n))
+
+
+def md_lambda(centers, reduction: str = "mean"):
+    """Eq 7: cosine similarity ``c_i . c_j / (||c_i|| ||c_j||)`` summed over the
+    ordered pairs ``i != j`` (``"sum"``, as printed) or averaged over them
+    (``"mean"``). A zero centre has cosine 0 with every other. No gradient."""
+    c = tf.stop_gradient(tf.convert_to_tensor(centers))
+    num = int(c.shape[0])
+    cn = tf.math.l2_normalize(c, axis=-1)
+    cos = tf.matmul(cn, cn, transpose_b=True)
+    total = tf.reduce_sum(tf.where(tf.eye(num, dtype=tf.bool), tf.zeros_like(cos), cos))
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / float(max(num * (num - 1), 1))
+    raise ValueError(f"md_lambda: reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def nearest_other_centers(centers, p):
+    """``[C, P]`` indices of the ``P`` centres nearest (Euclidean) to each centre,
+    itself excluded; ``p`` None or > C - 1 gives all C - 1 others (Eq 6)."""
+    c = tf.stop_gradient(tf.convert_to_tensor(centers))
+    num = int(c.shape[0])
+    if num < 2:
+        raise ValueError(f"MD loss needs at least 2 centres, got {num}")
+    p = num - 1 if p is None else max(1, min(int(p), num - 1))
+    cc2 = tf.reduce_sum(tf.square(c[:, None, :] - c[None, :, :]), axis=-1)
+    cc2 = tf.where(tf.eye(num, dtype=tf.bool), tf.cast(1e30, c.dtype), cc2)
+    return tf.math.top_k(-cc2, k=p)[1]
+
+
+def md_loss(features, labels, centers, p=None, variant: str = "log_ratio", phi=None,
+            hinge: bool = False, lambda_reduction: str = "mean", margin_scale: float = 1.0,
+            reduction: str = "none"):
+    """MD loss of Yang et al. Eqs 6/9 (``p`` None: Eq 6; else Eq 9), per sample.
 
     Args:
-      features: ``[B, D]``; labels: ``[B]`` int (< 0 ignored); centers: ``[C, D]``
+      features: ``[B, D]``; labels: ``[B]`` int (< 0: no loss); centers: ``[C, D]``
         (e.g. ``CenterLoss.centers``; no gradient flows to them).
-      num_nearest: ``P``, number of nearest other centers (clipped to ``C - 1``).
-      margin_scale: multiplies ``lambda``.
-      phi: fixed intra-class variance; default the batch value (gradient stopped).
+      p: ``P``, the number of nearest other centres (clipped to ``C - 1``).
+      variant: ``"log_ratio"`` (the paper, module docstring) or
+        ``"margin_hinge"`` (fer-mtl's earlier loss).
+      phi: fixed ``phi``; default Eq 8 on the batch (:func:`md_phi`; for
+        ``margin_hinge`` the mean squared distance, as before).
+      hinge: ``log_ratio`` only: ``max(0, L_i)``.
+      lambda_reduction: Eq 7 ``"mean"`` or ``"sum"`` (:func:`md_lambda`).
+      margin_scale: ``margin_hinge`` only.
+      reduction: ``"none"`` (``[B]``, 0 where label < 0) or ``"mean"`` over the
+        labelled samples.
     """
+    if variant not in MD_VARIANTS:
+        raise ValueError(f"md_loss: variant must be one of {MD_VARIANTS}, got {variant!r}")
     x = tf.convert_to_tensor(features)
-    y = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    valid = y >= 0
-    y = tf.where(valid, y, tf.zeros_like(y))
+    y, valid = _labels(labels)
     c = tf.stop_gradient(tf.cast(centers, x.dtype))
-    num_classes = c.shape[0]
-    p = max(1, min(int(num_nearest), int(num_classes) - 1))
-    w = tf.cast(valid, x.dtype)
-    n = tf.reduce_sum(w)
-
+    nb = tf.gather(nearest_other_centers(c, p), y)                          # [B, P]
     d2_all = tf.reduce_sum(tf.square(x[:, None, :] - c[None, :, :]), axis=-1)  # [B, C]
-    d2_own = tf.gather(d2_all, y, batch_dims=1)  # [B]
-    if phi is None:
-        phi_v = tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(w * d2_own), n))
+    d2_own = tf.gather(d2_all, y, batch_dims=1)                               # [B]
+    d2_nb = tf.gather(d2_all, nb, batch_dims=1)                               # [B, P]
+    w = tf.cast(valid, x.dtype)
+    if variant == "log_ratio":
+        phi_v = md_phi(x, labels, c) if phi is None else tf.cast(phi, x.dtype)
+        phi_v = tf.maximum(phi_v, tf.cast(1e-12, x.dtype))
+        lam = tf.cast(md_lambda(c, lambda_reduction), x.dtype)
+        per = d2_own / phi_v + lam + tf.reduce_logsumexp(-d2_nb / phi_v, axis=1)
+        if hinge:
+            per = tf.nn.relu(per)
     else:
-        phi_v = tf.cast(phi, x.dtype)
-
-    cn = tf.math.l2_normalize(c, axis=-1)
-    cos = tf.matmul(cn, cn, transpose_b=True)  # [C, C]
-    lam = margin_scale * phi_v * (1.0 + cos) / 2.0
-    cc2 = tf.reduce_sum(tf.square(c[:, None, :] - c[None, :, :]), axis=-1)
-    cc2 = tf.where(tf.eye(num_classes, dtype=tf.bool), tf.cast(1e30, x.dtype), cc2)
-    _, nearest = tf.math.top_k(-cc2, k=p)  # [C, P] nearest other centers
-
-    nb = tf.gather(nearest, y)  # [B, P]
-    d2_nb = tf.gather(d2_all, nb, batch_dims=1)  # [B, P]
-    lam_nb = tf.gather(tf.gather(lam, y), nb, batch_dims=1)  # [B, P]
-    hinge = tf.nn.relu(d2_own[:, None] - d2_nb + lam_nb) * w[:, None]
-    return tf.math.divide_no_nan(tf.reduce_sum(hinge), n * p)
+        n = tf.reduce_sum(w)
+        phi_v = (tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(w * d2_own), n))
+                 if phi is None else tf.cast(phi, x.dtype))
+        cn = tf.math.l2_normalize(c, axis=-1)
+        lam = margin_scale * phi_v * (1.0 + tf.matmul(cn, cn, transpose_b=True)) / 2.0
+        lam_nb = tf.gather(tf.gather(lam, y), nb, batch_dims=1)              # [B, P]
+        per = tf.reduce_mean(tf.nn.relu(d2_own[:, None] - d2_nb + lam_nb), axis=1)
+    per = tf.where(valid, per, tf.zeros_like(per))
+    if reduction == "none":
+        return per
+    if reduction == "mean":
+        return tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(w))
+    raise ValueError(f"md_loss: reduction must be 'none' or 'mean', got {reduction!r}")
 
 
 def multi_dataset_loss(losses_per_dataset, weights=None):
-    """Yang et al. Eq 10: ``L = sum_d w_d L_d`` over datasets.
+    """Yang et al. Eq 10, ``L = 1/N sum_{i=1..N} lambda_i L_MDi``, as
+    ``L = sum_d w_d L_d`` over the datasets: ``w_d = lambda_d / N`` (the
+    multi-dataset presets' ``dataset_weights`` of ``1/N`` each are ``lambda_i = 1``).
 
     ``losses_per_dataset``: sequence or mapping of scalar losses; ``weights``:
     same structure (default all 1).

@@ -1,75 +1,93 @@
-"""DDMTL contrastive loss with adaptive (reachability-based) re-weighting.
+"""DDMTL contrastive loss (Eqs 5-7) and adaptive reweighting module W_k (Eqs 3-4).
 
-Seed: Hu et al., "Deep Multi-Task Learning to Recognise Subtle Facial
-Expressions of Mental States" (DDMTL, ECCV 2018).
+Seed: Zheng, Wang, Ji, Zong, Wong, Lai, Lv, "Discriminative deep multi-task
+learning for facial expression recognition" (Elsevier, 2020), Sec. 3.2-3.3.
+Where fer-mtl departs from the printed text, docs/methods.md (DDMTL) says so
+and why; the docstrings below give the formulas as implemented.
 
-Contrastive loss (Eqs 5-7; Hadsell et al. 2006).  For pairs ``(x_i, x_j)``
-with embeddings ``e_i, e_j``, ``d = ||e_i - e_j||_2`` and ``y = 1`` when the
-pair has the same class::
+Contrastive loss, per pair, with ``Y = 1`` for a dissimilar (different-class)
+pair and ``Y = 0`` for a similar one (Eq 5)::
 
-    CL = mean_pairs  w_p * [ y d^2 + (1 - y) max(m - d, 0)^2 ]
+    D  = ||f^k(x_i) - f^k(x_j)||_2                                         (Eq 6)
+    CL = 0.5 (1 - Y) D^2 + 0.5 Y max(0, m - D)                             (Eq 7)
 
-(``w_p = 1`` unless pair weights are given, in which case the weighted sum is
-divided by ``sum w_p``).
+(the hinge is not squared, as printed).
 
-Adaptive re-weighting ``W_k`` (Eqs 3-4).  The paper uses the k-distance and
-reachability distance of the local outlier factor (Breunig et al. 2000) and a
-Gaussian scaling but leaves the exact formula ambiguous.  Interpretation
-implemented here (all quantities in the embedding / feature space):
+Reweighting ``W_k`` (Eqs 3-4), in the embedding space, neighbours restricted
+to the same class and never the point itself:
 
-* Reference set ``R`` = the batch (plus the memory bank when given); a query
-  is every batch sample ``x_i``.  Neighbours are restricted to the *same
-  class* and exclude the point itself (bank entries with label < 0 are empty).
-* ``N_k(p)`` = the ``k_p = min(k, n_p)`` nearest same-class points of ``p``
-  in ``R`` (``n_p`` = number available); ``k-dist(p)`` = distance to the
-  ``k_p``-th of them.
-* ``reach-dist_k(x_i, x_j) = max(k-dist(x_j), d(x_i, x_j))``.
-* ``rd_i = mean_{j in N_k(x_i)} reach-dist_k(x_i, x_j)`` (the inverse of the
-  local reachability density).
-* Gaussian scaling: ``w_i = exp(-rd_i^2 / (2 sigma^2))`` with ``sigma`` the
-  median of ``rd`` over the batch samples that have neighbours (or a fixed
-  ``sigma``).  Dense-region samples get weights near 1, outliers near 0.
-* Samples without any same-class neighbour get the mean weight of the others
-  (neutral), then weights are normalised to mean 1 over the batch.
-* Gradients are stopped through the weights (they are importance weights).
+* ``N_k(x)``: the ``min(k, n)`` nearest same-class points of ``x`` in the
+  reference set (the batch, plus a :class:`FeatureMemoryBank` when given);
+  ``k-dist(x)``: the distance to the farthest of them.
+* Per iteration ``t`` (:func:`reachability_distance`)::
+
+      pCON_t(x_i) = 1/|N_k(x_i)| sum_{x_j in N_k(x_i)} max(k-dist(x_j), d(x_i, x_j))
+
+  the mean reachability distance of LOF (Breunig et al. 2000). Printed Eq 3
+  divides ``max(k-dist(x_i), d(x_i, x_j))`` by ``max(k-dist(x_i), d(x_i, x_i))``;
+  for ``x_j`` in ``N_k(x_i)`` both are ``k-dist(x_i)``, so the printed sum is
+  the constant ``k`` and would weight every sample alike.
+* Accumulated over iterations (Eq 4, :class:`PConStore`)::
+
+      W_k(x_i) = G( sum_{t=1..T_i} pCON_t(x_i) / T_i )
+
+  ``T_i`` = the number of training steps whose batch held ``x_i``: one per
+  pass over the training set, the paper's iteration ("each iteration
+  traverses through all batch blocks of the training set", Sec. 3.4).
+* ``G`` (:func:`gaussian_scaling`): ``w = exp(-a^2 / (2 sigma^2))``, ``sigma``
+  the median of ``a`` over the batch (or fixed), samples without neighbours
+  and without history get the mean weight, then ``w / mean(w)``. With the
+  median ``G`` is scale-free, so ``G(sum_t) = G(sum_t / T)`` whenever every
+  sample has the same ``T``; dividing by ``T_i`` keeps samples seen one more
+  time in the current pass comparable. Dense samples get weights near 1,
+  outliers near 0; no gradient flows through the weights.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["contrastive_loss", "ContrastiveLoss", "reachability_weights", "FeatureMemoryBank"]
+__all__ = ["pair_distance", "contrastive_loss", "ContrastiveLoss", "reachability_distance",
+           "gaussian_scaling", "reachability_weights", "image_keys", "PConStore",
+           "FeatureMemoryBank"]
 
 _BIG = 1e30
 
 
-def contrastive_loss(emb_i, emb_j, same, margin: float = 1.0, weights=None):
-    """DDMTL Eqs 5-7: ``mean(y d^2 + (1 - y) max(margin - d, 0)^2)``.
-
-    ``emb_i``, ``emb_j``: ``[P, D]`` pair embeddings; ``same``: ``[P]`` (1 =
-    same class); ``weights``: optional ``[P]`` pair weights (weighted mean).
-    """
+def pair_distance(emb_i, emb_j):
+    """Eq 6: ``D = ||emb_i - emb_j||_2`` per row (``[P, D] -> [P]``), with a finite
+    gradient at ``D = 0`` (the square root is taken of ``max(D^2, 1e-12)``)."""
     emb_i = tf.convert_to_tensor(emb_i)
     emb_j = tf.cast(emb_j, emb_i.dtype)
-    y = tf.reshape(tf.cast(same, emb_i.dtype), [-1])
     d2 = tf.reduce_sum(tf.square(emb_i - emb_j), axis=-1)
-    d = tf.sqrt(tf.maximum(d2, 1e-12))  # safe gradient at d = 0 (only used by the hinge)
-    per_pair = y * d2 + (1.0 - y) * tf.square(tf.nn.relu(margin - d))
-    if weights is None:
-        return tf.reduce_mean(per_pair)
-    w = tf.reshape(tf.cast(weights, emb_i.dtype), [-1])
-    return tf.math.divide_no_nan(tf.reduce_sum(w * per_pair), tf.reduce_sum(w))
+    return tf.sqrt(tf.maximum(d2, tf.cast(1e-12, d2.dtype)))
+
+
+def contrastive_loss(d, dissimilar, margin: float = 1.0):
+    """Eq 7 per pair: ``0.5 (1 - Y) D^2 + 0.5 Y max(0, m - D)``.
+
+    ``d``: ``[P]`` distances (Eq 6, :func:`pair_distance`); ``dissimilar``: ``[P]``
+    ``Y`` of Eq 5 (1 = different classes, 0 = same class); ``margin``: ``m > 0``.
+    """
+    d = tf.convert_to_tensor(d)
+    if not d.dtype.is_floating:
+        d = tf.cast(d, tf.float32)
+    if float(margin) <= 0:
+        raise ValueError(f"contrastive_loss: margin must be > 0 (Eq 7), got {margin}")
+    y = tf.reshape(tf.cast(dissimilar, d.dtype), tf.shape(d))
+    return 0.5 * (1.0 - y) * tf.square(d) + 0.5 * y * tf.nn.relu(margin - d)
 
 
 @keras.saving.register_keras_serializable(package="fermtl")
 class ContrastiveLoss(keras.losses.Loss):
-    """Keras loss for DDMTL Eqs 5-7.
+    """Keras loss for DDMTL Eq 7 (calls :func:`contrastive_loss`).
 
-    ``y_pred = concat([emb_i, emb_j], axis=-1)`` (``[P, 2D]``) and ``y_true`` the
-    ``[P]`` or ``[P, 1]`` same-class indicator.  ``call`` returns the per-pair
-    loss; with the default ``"sum_over_batch_size"`` reduction the value
-    equals :func:`contrastive_loss`.
+    ``y_pred = concat([emb_i, emb_j], axis=-1)`` (``[P, 2D]``), ``y_true`` the
+    ``[P]`` or ``[P, 1]`` dissimilarity ``Y`` of Eq 5 (1 = different classes).
+    ``call`` returns the per-pair loss; the default ``"sum_over_batch_size"``
+    reduction averages it over the pairs.
     """
 
     def __init__(self, margin: float = 1.0, name: str = "contrastive_loss", **kwargs):
@@ -79,11 +97,8 @@ class ContrastiveLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
         dim = y_pred.shape[-1] // 2
-        e_i, e_j = y_pred[..., :dim], y_pred[..., dim:]
-        y = tf.reshape(tf.cast(y_true, y_pred.dtype), [-1])
-        d2 = tf.reduce_sum(tf.square(e_i - e_j), axis=-1)
-        d = tf.sqrt(tf.maximum(d2, 1e-12))
-        return y * d2 + (1.0 - y) * tf.square(tf.nn.relu(self.margin - d))
+        d = pair_distance(y_pred[..., :dim], y_pred[..., dim:])
+        return contrastive_loss(d, tf.reshape(y_true, tf.shape(d)), self.margin)
 
     def get_config(self):
         config = super().get_config()
@@ -108,20 +123,17 @@ def _knn(dist, valid, k):
     return -neg, idx, count
 
 
-def reachability_weights(features, labels, k: int = 5, bank_features=None, bank_labels=None,
-                         sigma: float | None = None, normalize: bool = True):
-    """DDMTL adaptive weights ``W_k`` (Eqs 3-4, interpretation in the module docstring).
+def reachability_distance(features, labels, k: int = 5, bank_features=None, bank_labels=None):
+    """``pCON_t`` of one iteration (Eq 3 as read in the module docstring).
 
     Args:
-      features: ``[B, D]`` batch features; labels: ``[B]`` int class ids
-        (< 0 = no class: such samples get the neutral weight and are never
-        neighbours).
-      k: number of neighbours.
+      features: ``[B, D]`` batch features; labels: ``[B]`` int class ids (< 0 =
+        no class: never a neighbour, no value).
+      k: neighbourhood size.
       bank_features / bank_labels: optional ``[M, D]`` / ``[M]`` extra reference
-        points (e.g. ``FeatureMemoryBank.features/labels``; label < 0 = empty).
-      sigma: Gaussian width; default the median of ``rd`` over the batch.
-      normalize: scale to mean 1 over the batch.
-    Returns: ``[B]`` weights (gradient stopped).
+        points (``FeatureMemoryBank.read()``; label < 0 = empty slot).
+    Returns: ``(pcon [B], has [B] bool)``; ``has`` is false (and ``pcon`` 0) for
+    samples without a same-class neighbour. Gradient stopped.
     """
     x = tf.stop_gradient(tf.convert_to_tensor(features))
     if not x.dtype.is_floating:
@@ -151,25 +163,114 @@ def reachability_weights(features, labels, k: int = 5, bank_features=None, bank_
     reach = tf.where(slot, reach, tf.zeros_like(reach))
     has = q_count > 0
     rd = tf.math.divide_no_nan(tf.reduce_sum(reach, axis=1), tf.cast(q_count, x.dtype))
+    return tf.stop_gradient(rd), has
 
+
+def gaussian_scaling(values, has, sigma: float | None = None, normalize: bool = True):
+    """``G`` of Eq 4: ``w = exp(-a^2 / (2 sigma^2))`` of ``values`` ``a`` ``[B]``.
+
+    ``sigma`` defaults to the median of ``a`` over the entries where ``has``;
+    entries without ``has`` get the mean weight of the others (1 when there is
+    none); ``normalize`` divides by the batch mean. Gradient stopped.
+    """
+    a = tf.stop_gradient(tf.convert_to_tensor(values))
+    if not a.dtype.is_floating:
+        a = tf.cast(a, tf.float32)
+    has = tf.reshape(tf.cast(has, tf.bool), tf.shape(a))
     if sigma is None:
-        rd_valid = tf.boolean_mask(rd, has)
-        n = tf.size(rd_valid)
-        srt = tf.concat([tf.sort(rd_valid), tf.ones([1], x.dtype)], axis=0)  # pad: n may be 0
+        a_valid = tf.boolean_mask(a, has)
+        n = tf.size(a_valid)
+        srt = tf.concat([tf.sort(a_valid), tf.ones([1], a.dtype)], axis=0)  # pad: n may be 0
         lo = tf.gather(srt, tf.maximum((n - 1) // 2, 0))
         hi = tf.gather(srt, tf.maximum(n // 2, 0))
-        sig = tf.where(n > 0, 0.5 * (lo + hi), tf.ones([], x.dtype))
+        sig = tf.where(n > 0, 0.5 * (lo + hi), tf.ones([], a.dtype))
     else:
-        sig = tf.constant(float(sigma), x.dtype)
-    sig = tf.maximum(sig, tf.cast(1e-12, x.dtype))
-    w = tf.exp(-tf.square(rd) / (2.0 * tf.square(sig)))
-    n_has = tf.reduce_sum(tf.cast(has, x.dtype))
+        sig = tf.constant(float(sigma), a.dtype)
+    sig = tf.maximum(sig, tf.cast(1e-12, a.dtype))
+    w = tf.exp(-tf.square(a) / (2.0 * tf.square(sig)))
+    n_has = tf.reduce_sum(tf.cast(has, a.dtype))
     mean_has = tf.math.divide_no_nan(tf.reduce_sum(tf.where(has, w, tf.zeros_like(w))), n_has)
-    neutral = tf.where(n_has > 0, mean_has, tf.ones([], x.dtype))
+    neutral = tf.where(n_has > 0, mean_has, tf.ones([], a.dtype))
     w = tf.where(has, w, neutral * tf.ones_like(w))
     if normalize:
-        w = w / tf.maximum(tf.reduce_mean(w), tf.cast(1e-12, x.dtype))
+        w = w / tf.maximum(tf.reduce_mean(w), tf.cast(1e-12, a.dtype))
     return tf.stop_gradient(w)
+
+
+def reachability_weights(features, labels, k: int = 5, bank_features=None, bank_labels=None,
+                         sigma: float | None = None, normalize: bool = True):
+    """``W_k`` of one iteration only (Eq 4 with ``T = 1``):
+    ``gaussian_scaling(reachability_distance(...))``. Returns ``[B]`` weights."""
+    pcon, has = reachability_distance(features, labels, k, bank_features, bank_labels)
+    return gaussian_scaling(pcon, has, sigma, normalize)
+
+
+def image_keys(images, size: int):
+    """Slot of each image in a :class:`PConStore` of ``size`` slots: an exact hash
+    of the image's float32 bits (the same image gives the same slot on every
+    device; two images share a slot with probability ~``1 / size``).
+
+    ``images``: ``[B, ...]`` float. Returns ``[B]`` int64 in ``[0, size)``.
+    """
+    x = tf.convert_to_tensor(images)
+    flat = tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
+    n = flat.shape[-1]
+    if n is None:
+        raise ValueError("image_keys: the image size must be static")
+    # drop the 8 lowest mantissa bits so that sum(bits * mult) stays far below 2**63
+    bits = tf.bitwise.right_shift(tf.bitcast(flat, tf.int32), 8)
+    mult = tf.constant(np.random.RandomState(0).randint(1, 2 ** 20, size=n), tf.int64)
+    h = tf.reduce_sum(tf.cast(bits, tf.int64) * mult[None, :], axis=1)
+    return tf.math.floormod(h, int(size))
+
+
+@keras.saving.register_keras_serializable(package="fermtl")
+class PConStore(keras.layers.Layer):
+    """Per-sample running sum of ``pCON_t`` over iterations (DDMTL Eq 4).
+
+    ``sums`` ``[size]`` and ``counts`` ``[size]`` (non-trainable variables): slot
+    ``s`` holds ``sum_t pCON_t`` and ``T`` of the sample whose image hashes to
+    ``s`` (:func:`image_keys`). ``accumulate(slots, pcon, has, write)`` returns
+    ``(mean, known)`` of each batch sample *including* the current value:
+    ``mean = (sums[s] + pcon) / (counts[s] + 1)`` where ``has``, else the stored
+    mean; ``known`` = the sample has a value. With ``write`` the current values
+    are added to the store (only entries with ``has``). Saved with the training
+    model's weights; two samples in one slot share their sum.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        if self.size < 1:
+            raise ValueError(f"PConStore: size must be >= 1, got {size}")
+        self.sums = self.add_weight(name="sums", shape=(self.size,), initializer="zeros",
+                                    trainable=False)
+        self.counts = self.add_weight(name="counts", shape=(self.size,), initializer="zeros",
+                                      trainable=False)
+        self.built = True
+
+    def accumulate(self, slots, pcon, has, write: bool = False):
+        slots = tf.reshape(tf.cast(slots, tf.int64), [-1])
+        pcon = tf.reshape(tf.cast(tf.stop_gradient(pcon), self.sums.dtype), [-1])
+        has = tf.reshape(tf.cast(has, tf.bool), [-1])
+        add = tf.where(has, pcon, tf.zeros_like(pcon))
+        one = tf.cast(has, pcon.dtype)
+        s = tf.gather(tf.convert_to_tensor(self.sums), slots) + add
+        t = tf.gather(tf.convert_to_tensor(self.counts), slots) + one
+        mean = tf.math.divide_no_nan(s, t)
+        if write:
+            with tf.control_dependencies([mean]):
+                self.sums.assign_add(tf.math.unsorted_segment_sum(add, slots, self.size))
+                self.counts.assign_add(tf.math.unsorted_segment_sum(one, slots, self.size))
+        return mean, t > 0
+
+    def call(self, slots, pcon, has, training=None):
+        return self.accumulate(slots, pcon, has, write=bool(training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="fermtl")
