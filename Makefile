@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench-layers bench-methods bench-synthesis clean
+.PHONY: setup demo test test-all bench-layers bench-methods bench-input bench-synthesis clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +21,9 @@ bench-layers: setup
 
 bench-methods: setup
 	$(PY) benchmarks/bench_methods.py
+
+bench-input: setup
+	$(PY) benchmarks/bench_input.py
 
 bench-synthesis: setup
 	$(PY) benchmarks/bench_synthesis.py

@@ -396,6 +396,8 @@ def load_run_model(run_dir: str, datasets: Optional[Sequence[str]] = None):
         method = get_method(row["method"])
         cfg = method.config(row["preset"], **row.get("overrides", {}))
         cfg["datasets"] = list(datasets)
+        # Only the weights matter here; a schedule needs a length to be built.
+        cfg.setdefault("schedule_steps", 1)
     model = method.build(cfg)
     training.restore(model, os.path.join(run_dir, "final.weights.h5"))
     return method, model, cfg
