@@ -12,7 +12,8 @@ setup(
     # image and deployment notes, the KFP compiler is pipeline.kubeflow_runner.
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
                                     "models", "models.*", "benchmarks"]),
-    package_data={"pipeline": ["configs/*.yaml", "configs/*/*.yaml", "schema/*.pbtxt"]},
+    package_data={"pipeline": ["configs/*.yaml", "configs/*/*.yaml", "schema/*.pbtxt"],
+                  "benchmarks": ["*.txt"]},
     install_requires=[
         "tfx==1.16.0",
         "dill",
