@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
+from tfx_bsl.public import tfxio
 
 from components import contract
 from models import preprocessing
@@ -81,8 +82,6 @@ def transformed_source(file_patterns: Sequence[str], tft_output, data_accessor,
     predicate on an example (e.g. a benchmark fold). Order is the files'
     (deterministic); :func:`batches` shuffles.
     """
-    from tfx_bsl.public import tfxio
-
     if isinstance(file_patterns, str):
         file_patterns = [file_patterns]
     ds = data_accessor.tf_dataset_factory(

@@ -20,7 +20,8 @@ from tfx.types.artifact import Artifact
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
 
-def _store(metadata_path: str) -> metadata_store.MetadataStore:
+def store(metadata_path: str) -> metadata_store.MetadataStore:
+    """A read-only connection to a run's ``metadata.sqlite``."""
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -29,25 +30,20 @@ def _store(metadata_path: str) -> metadata_store.MetadataStore:
 
 def latest_outputs(metadata_path: str, node_id: str) -> Dict[str, List[Artifact]]:
     """Output key -> artifacts of the newest successful (or cached) execution
-    of the pipeline node ``node_id`` (e.g. ``"Transform"``)."""
-    store = _store(metadata_path)
+    of the pipeline node ``node_id`` (e.g. ``"Transform"``): the executions of
+    the MLMD ``node`` context ``<pipeline>.<node_id>``."""
+    db = store(metadata_path)
     done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-    executions = [e for e in store.get_executions()
-                  if e.last_known_state in done
-                  and e.custom_properties.get("__node_id__") is not None
-                  and e.custom_properties["__node_id__"].string_value == node_id]
-    if not executions:
-        # Older TFX: the node id is the execution type's name suffix.
-        types = {t.id: t.name for t in store.get_execution_types()}
-        executions = [e for e in store.get_executions() if e.last_known_state in done
-                      and types.get(e.type_id, "").endswith(node_id)]
+    executions = [e for ctx in db.get_contexts_by_type("node")
+                  if ctx.name.endswith(f".{node_id}")
+                  for e in db.get_executions_by_context(ctx.id) if e.last_known_state in done]
     if not executions:
         raise LookupError(f"{metadata_path}: no finished execution of {node_id}")
     newest = max(executions, key=lambda e: e.id)
-    events = [ev for ev in store.get_events_by_execution_ids([newest.id])
+    events = [ev for ev in db.get_events_by_execution_ids([newest.id])
               if ev.type in _OUTPUT_EVENTS]
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])}
-    types = {t.id: t for t in store.get_artifact_types_by_id(
+    artifacts = {a.id: a for a in db.get_artifacts_by_id([ev.artifact_id for ev in events])}
+    types = {t.id: t for t in db.get_artifact_types_by_id(
         list({a.type_id for a in artifacts.values()}))}
     out: Dict[str, List[Artifact]] = {}
     for ev in events:

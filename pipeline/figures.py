@@ -86,7 +86,7 @@ def tsne_plot(features, labels, path, title: str = "t-SNE of learned features",
     """2-D t-SNE (scikit-learn, PCA init) of ``features`` ``[N, D]`` coloured by
     emotion ``labels``; unlabelled rows are dropped, then at most ``max_points``
     drawn at random (``seed``)."""
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # late: scikit-learn's manifold module is slow to import
 
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     y = np.asarray(labels, np.int64)
@@ -113,6 +113,7 @@ def tsne_plot(features, labels, path, title: str = "t-SNE of learned features",
 
 def trace_norm_rates_plot(rates, path, title: Optional[str] = None) -> str:
     """Per-layer ``||W||_* / ||W||_*(init)`` bars (one series or a mapping of series)."""
+    # late, here and below: a method's own plot imports that method only when drawn
     from models.tracenorm import trace_norm_decrease_plot
 
     return trace_norm_decrease_plot(rates, path, title=title)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 
 from components import contract
-from pipeline import figures
+from pipeline import artifacts, figures
 
 
 def _latest(path_glob: str) -> Optional[str]:
@@ -202,17 +202,10 @@ def latest_push(metadata_path: str) -> Dict[str, object]:
     """``{"pushed": bool, "destination": str|None}`` of the newest PushedModel in MLMD."""
     if not os.path.exists(metadata_path):
         return {"pushed": False, "destination": None}
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    artifacts = store.get_artifacts_by_type("PushedModel")
-    if not artifacts:
+    pushed_models = artifacts.store(metadata_path).get_artifacts_by_type("PushedModel")
+    if not pushed_models:
         return {"pushed": False, "destination": None}
-    newest = max(artifacts, key=lambda a: a.id)
+    newest = max(pushed_models, key=lambda a: a.id)
     props = newest.custom_properties
     pushed = bool(props["pushed"].int_value) if "pushed" in props else False
     dest = props["pushed_destination"].string_value if "pushed_destination" in props else None

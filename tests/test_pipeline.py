@@ -37,13 +37,9 @@ def _config(root, **overrides):
 
 
 def _executions(root):
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
+    from pipeline import artifacts
 
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = os.path.join(root, "metadata.sqlite")
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(cfg).get_executions()
+    return artifacts.store(os.path.join(root, "metadata.sqlite")).get_executions()
 
 
 @pytest.fixture(scope="module")
