@@ -1,4 +1,4 @@
-"""`fermtl serve` (TF Serving REST v1 on loopback) and `fermtl predict` (local inference)."""
+"""`fermtl serve` (TF Serving REST v1 + gRPC) and `fermtl predict` (local inference)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,30 @@ log = logging.getLogger("fermtl")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve a pushed model over TF Serving's REST API v1")
-    p.add_argument("model_dir", help="<serving_dir>/<model> (latest version) or a version dir")
+    p = sub.add_parser("serve", help="serve a pushed model over TF Serving's REST and gRPC APIs")
+    p.add_argument("model_dir", help="<serving_dir>/<model> (watched for new versions) or a "
+                   "version dir")
     p.add_argument("--name", help="model name in the URL (default: the folder name)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
+    p.add_argument("--grpc-port", type=int, default=8500,
+                   help="gRPC port (default 8500; -1: no gRPC)")
+    p.add_argument("--max-batch-size", type=int, default=64,
+                   help="dynamic batching: rows per model call (default 64)")
+    p.add_argument("--batch-timeout-ms", type=float, default=2.0,
+                   help="dynamic batching: longest wait for more rows (default 2 ms)")
+    p.add_argument("--batch-threads", type=int, default=2,
+                   help="model calls running side by side (default 2)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="decoded pixels per image (checked from the header)")
+    p.add_argument("--max-instances", type=int, default=256, help="rows per request")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds to receive a request body (then 408)")
+    p.add_argument("--poll-seconds", type=float, default=1.0,
+                   help="how often the model dir is checked for new versions (0: never)")
+    p.add_argument("--keep-versions", type=int, default=2,
+                   help="newest versions kept loaded (default 2)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="detect and classify faces in an image, folder or video")
@@ -27,19 +46,26 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from pipeline.serving import make_server
+    from pipeline.serving import BatchingConfig, Limits, ServingConfig, make_server
 
-    server = make_server(args.model_dir, args.host, args.port, args.name)
-    model = server.served_model
-    print(f"serving {model.name!r} version {model.version} from {model.path}")
-    print(f"  GET  http://{args.host}:{args.port}/v1/models/{model.name}")
-    print(f"  POST http://{args.host}:{args.port}/v1/models/{model.name}:predict")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    config = ServingConfig(
+        host=args.host, rest_port=args.port, grpc_port=args.grpc_port, name=args.name,
+        limits=Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                      max_pixels=args.max_pixels, max_instances=args.max_instances,
+                      read_timeout_s=args.read_timeout),
+        batching=BatchingConfig(max_batch_size=args.max_batch_size,
+                                max_wait_s=args.batch_timeout_ms / 1000.0,
+                                num_threads=args.batch_threads),
+        poll_s=args.poll_seconds, keep_versions=args.keep_versions)
+    server = make_server(args.model_dir, config).start()
+    name, url = server.name, server.rest_url
+    versions = [s["version"] for s in server.manager.status() if s["state"] == "AVAILABLE"]
+    print(f"serving {name!r} versions {versions} from {server.manager.base_dir}")
+    print(f"  REST  GET  {url}/v1/models/{name}")
+    print(f"        POST {url}/v1/models/{name}:predict   (and :classify)")
+    if server.grpc_port:
+        print(f"  gRPC  {args.host}:{server.grpc_port}  tensorflow.serving.PredictionService")
+    server.wait()
     return 0
 
 
