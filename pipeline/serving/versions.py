@@ -59,16 +59,19 @@ def read_signature_defs(path: str) -> Dict[str, Any]:
     return dict(proto.meta_graphs[0].signature_def)
 
 
-def _stamp(path: str) -> float:
-    """Latest modification time of any file under ``path``."""
+def _stamp(path: str) -> Tuple[int, int, float]:
+    """``(files, bytes, latest mtime)`` under ``path``: changes while a push is
+    still being copied, and when a failed version is replaced."""
+    files = size = 0
     latest = 0.0
-    for root, _, files in os.walk(path):
-        for name in files:
+    for root, _, names in os.walk(path):
+        for name in names:
             try:
-                latest = max(latest, os.stat(os.path.join(root, name)).st_mtime)
+                st = os.stat(os.path.join(root, name))
             except OSError:
-                pass
-    return latest
+                continue
+            files, size, latest = files + 1, size + st.st_size, max(latest, st.st_mtime)
+    return files, size, latest
 
 
 class ServedVersion:
@@ -171,7 +174,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._served: Dict[str, ServedVersion] = {}
         self._states: Dict[str, Dict[str, str]] = {}   # version -> state, error
-        self._failed: Dict[str, float] = {}            # version -> stamp at failure
+        self._failed: Dict[str, Tuple] = {}            # version -> stamp at failure
         self._stop = threading.Event()
         self.poll()
         if not self.single and not self._served and not self._states:
@@ -216,7 +219,7 @@ class ModelManager:
             log.info("unloaded %s version %s", self.name, sv.version)
             sv.close()
 
-    def _load(self, version: str, path: str, stamp: float) -> None:
+    def _load(self, version: str, path: str, stamp: Tuple) -> None:
         with self._lock:
             self._states[version] = {"state": "LOADING", "error": ""}
         try:
