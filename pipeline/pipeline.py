@@ -33,6 +33,8 @@ def method_config(config: RunConfig, data_spec: DataSpec) -> Dict[str, Any]:
     m = config.method
     cfg = get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
     cfg["datasets"] = list(data_spec.dataset_names())
+    # Written next to the exported model: `fermtl predict` aligns faces the same way.
+    cfg["ingestion"] = {"image_size": data_spec.image_size, "detector": data_spec.detector}
     return cfg
 
 

@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--detector", default="haar", choices=["haar", "none"],
                    help="'none' treats each image as one aligned face")
     p.add_argument("--every", type=int, default=10, help="video: classify every N-th frame")
+    p.add_argument("--face-size", type=int,
+                   help="aligned face side (default: what ingestion wrote for this model)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -73,10 +75,13 @@ def cmd_predict(args) -> int:
     from pipeline.predict import format_table, predict_path
 
     predictions, stats = predict_path(args.path, args.model, args.csv, args.annotate,
-                                      args.detector, args.every, progress=True)
+                                      args.detector, args.every, args.face_size,
+                                      progress=True)
     print(format_table(predictions))
     print(f"\n{stats['images']} images, {stats['faces']} faces, {stats['no_face']} without a "
           f"face, {stats['seconds']:.1f} s ({stats['images_per_s']:.1f} images/s)")
+    for path, why in stats["unreadable"]:
+        print(f"unreadable: {path}: {why}")
     if args.csv:
         print(f"CSV: {args.csv}")
     if args.annotate:
