@@ -19,6 +19,11 @@ holding the method's inference model with:
     ``classes`` ``[B, 8]`` string (``contract.EMOTIONS``) and ``scores``
     ``[B, 8]`` float32 (the probabilities).
 
+``pixels``
+    input ``pixels``: ``float32 [None, S, S, 1]``, faces already decoded as
+    ``serving_default`` decodes them (gray, resized, in [0, 1]); the numeric
+    outputs only. The graph ``fermtl export --format tflite`` converts.
+
 The first two return ``probabilities`` ``[B, 8]`` float32 over ``contract.EMOTIONS``,
 ``label_id`` ``[B]`` int64 (argmax), ``label`` ``[B]`` string (canonical
 emotion name), plus every other output of the inference model (``aus``
@@ -52,6 +57,7 @@ CONFIG_FILE = "fermtl_config.json"
 EXTRA_DIR = "assets.extra"
 CLASSIFY_SIGNATURE = "classify"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
+PIXELS_SIGNATURE = "pixels"
 
 
 class _ServingModule(tf.Module):
@@ -95,6 +101,9 @@ class _ServingModule(tf.Module):
         classes = tf.broadcast_to(self._emotions[tf.newaxis], tf.shape(scores))
         return {"classes": classes, "scores": scores}
 
+    def serve_pixels(self, pixels):
+        return {k: v for k, v in self.outputs(pixels).items() if v.dtype != tf.string}
+
     @staticmethod
     def _parse_images(examples: tf.Tensor) -> tf.Tensor:
         spec = {"image": tf.io.FixedLenFeature([], tf.string)}
@@ -136,6 +145,9 @@ def export_saved_model(method, model, cfg: Dict[str, Any], export_dir: str,
         "serving_default": module.serve_images.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
         CLASSIFY_SIGNATURE: module.serve_classify.get_concrete_function(),
+        PIXELS_SIGNATURE: tf.function(module.serve_pixels, input_signature=[tf.TensorSpec(
+            [None, module.image_size, module.image_size, 1], tf.float32, name="pixels")]
+        ).get_concrete_function(),
     }
     for name, fn in extra.items():
         if name in signatures:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger("fermtl")
 
@@ -46,6 +47,22 @@ def register(sub) -> None:
                    help="aligned face side (default: what ingestion wrote for this model)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="convert a pushed model (TFLite)")
+    p.add_argument("model", help="pushed model (as for `serve`)")
+    p.add_argument("--format", default="tflite", choices=["tflite"],
+                   help="tflite: float32 faces [1, S, S, 1] in [0, 1] -> outputs")
+    p.add_argument("--out", help="output file (default: <version dir>.tflite)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a pushed model on labelled data with the "
+                       "Evaluator's TFMA slices and report")
+    p.add_argument("model", help="pushed model (as for `serve`)")
+    p.add_argument("data", help="data spec (YAML) or class folder root/[split/]<class>/*")
+    p.add_argument("--out", default="runs/evaluate", help="output dir (report.md, evaluation)")
+    p.add_argument("--detect", action="store_true",
+                   help="class folder: detect and align faces (default: already aligned)")
+    p.set_defaults(func=cmd_evaluate)
+
 
 def cmd_serve(args) -> int:
     from pipeline.serving import BatchingConfig, Limits, ServingConfig, make_server
@@ -86,4 +103,24 @@ def cmd_predict(args) -> int:
         print(f"CSV: {args.csv}")
     if args.annotate:
         print(f"annotated images: {args.annotate}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pipeline.export_formats import export_tflite, face_size
+
+    path = export_tflite(args.model, args.out)
+    size = face_size(args.model)
+    print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB): input 'pixels' float32 "
+          f"[1, {size}, {size}, 1] in [0, 1], decoded as serving_default decodes")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pipeline.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, args.out, aligned=not args.detect)
+    acc = result["accuracy"]
+    print(f"{int(result['examples'] or 0)} faces, accuracy "
+          f"{'n/a' if acc is None else f'{acc:.2%}'}; report: {result['report']}")
     return 0
