@@ -25,12 +25,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple:
+    """Exceptions that mean the user's input is wrong (not a bug): reported as
+    one ``error:`` line and exit code 2 (``-v`` shows the traceback). A missing
+    file (model dir, image folder) counts as one."""
+    import yaml
+
+    from components.ingestion.spec import SpecError
+    from pipeline.config import ConfigError
+
+    return ConfigError, SpecError, yaml.YAMLError, FileNotFoundError
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as err:
+        if args.verbose:
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
