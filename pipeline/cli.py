@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 # Command modules, in --help order.
 COMMAND_MODULES = ("data", "run", "benchmark", "serve")
@@ -38,7 +39,13 @@ def user_errors() -> tuple:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before TF loads: its C++ start-up errors (cuFFT/cuDNN factories) only with -v.
+    verbose = bool({"-v", "--verbose"} & set(argv))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbose else "3")
+    if not verbose:   # google-api-core's notice, printed at import by each Google client
+        warnings.filterwarnings("ignore", message="You are using a non-supported Python "
+                                "version", category=FutureWarning)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
