@@ -7,6 +7,7 @@ import io
 import logging
 import warnings
 
+import pytest
 from absl import logging as absl_logging
 
 from pipeline.console import quiet_run, run_log_path
@@ -33,18 +34,21 @@ def _fake_run():
     absl_logging.info("Component Pusher is finished.")
 
 
-def test_one_line_per_component_and_everything_in_the_file(tmp_path):
-    console = io.StringIO()
-    root = logging.getLogger()
-    stream = logging.StreamHandler(console)
-    root.addHandler(stream)
+@pytest.fixture
+def console():
+    """A console log handler, as ``logging.basicConfig`` installs one."""
+    text = io.StringIO()
+    stream = logging.StreamHandler(text)
+    logging.getLogger().addHandler(stream)
+    yield text
+    logging.getLogger().removeHandler(stream)
+
+
+def test_one_line_per_component_and_everything_in_the_file(tmp_path, console):
     out = io.StringIO()
     path = run_log_path(str(tmp_path / "run"))
-    try:
-        with quiet_run(path, out=out) as lines:
-            _fake_run()
-    finally:
-        root.removeHandler(stream)
+    with quiet_run(path, out=out) as lines:
+        _fake_run()
     printed = out.getvalue().splitlines()
     assert lines.lines == 3 and len(printed) == 3
     assert printed[0].startswith("FaceIngestion") and printed[0].endswith(
@@ -59,15 +63,8 @@ def test_one_line_per_component_and_everything_in_the_file(tmp_path):
     assert path.startswith(str(tmp_path / "run" / "logs" / "run-"))
 
 
-def test_verbose_keeps_the_console_log(tmp_path):
-    console = io.StringIO()
-    root = logging.getLogger()
-    stream = logging.StreamHandler(console)
-    root.addHandler(stream)
+def test_verbose_keeps_the_console_log(tmp_path, console):
     out = io.StringIO()
-    try:
-        with quiet_run(str(tmp_path / "v.log"), verbose=True, out=out):
-            _fake_run()
-    finally:
-        root.removeHandler(stream)
+    with quiet_run(str(tmp_path / "v.log"), verbose=True, out=out):
+        _fake_run()
     assert out.getvalue() == "" and "Component Pusher is finished." in console.getvalue()
