@@ -192,13 +192,24 @@ def test_malformed_http_over_a_raw_socket(srv, url, reference, data, status, rea
     _still_serving(url, reference)
 
 
-def test_idle_connection_is_closed_after_the_read_timeout(srv):
-    import socket
+def test_a_silent_connection_is_closed(srv, url):
+    before = call(f"{url}/monitoring/counters")[1].get("idle_closed", 0)
+    start = time.perf_counter()
+    assert raw_http(srv.rest_port, b"", timeout=READ_TIMEOUT + 10) == (None, b"")
+    assert time.perf_counter() - start < READ_TIMEOUT + 5
+    assert call(f"{url}/monitoring/counters")[1]["idle_closed"] == before + 1
 
-    with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=READ_TIMEOUT + 10) as s:
-        start = time.perf_counter()
-        assert s.recv(1) == b""       # closed by the server, nothing sent
-        assert time.perf_counter() - start < READ_TIMEOUT + 5
+
+@pytest.mark.parametrize("head", [b"P", REQUEST, REQUEST + b"Content-Len"])
+def test_a_request_head_that_never_completes_gets_408(srv, url, reference, head):
+    """A head cut short (slow loris) is answered 408 and closed."""
+    before = call(f"{url}/monitoring/counters")[1].get("read_timeout", 0)
+    start = time.perf_counter()
+    got, body = raw_http(srv.rest_port, head, timeout=READ_TIMEOUT + 10)
+    assert got == 408 and b"request head did not arrive" in body
+    assert time.perf_counter() - start < READ_TIMEOUT + 5
+    assert call(f"{url}/monitoring/counters")[1]["read_timeout"] == before + 1
+    _still_serving(url, reference)
 
 
 def test_concurrent_clients_get_the_sequential_answers(srv, url):

@@ -221,9 +221,56 @@ def counting_protocol(counters: Counters, limits: Limits):
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Cancelled by the first bytes received (uvicorn's keep-alive timer).
-            self.timeout_keep_alive_task = self.loop.call_later(
-                limits.read_timeout_s, self.timeout_keep_alive_handler)
+            self._head_timer = None
+            self._arm_head_timer()
+
+        # A request head must arrive whole within the read timeout (the body's
+        # deadline is the app's): a trickle of header bytes -> 408, silence -> closed.
+        def _arm_head_timer(self):
+            self._head_cycle, self._head_started = self.cycle, False
+            self._head_timer = self.loop.call_later(limits.read_timeout_s, self._head_timeout)
+
+        def _cancel_head_timer(self):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def data_received(self, data):
+            if self.cycle is self._head_cycle:
+                self._head_started = True
+            super().data_received(data)
+
+        def handle_events(self):
+            super().handle_events()
+            if self.cycle is not self._head_cycle:      # a new request head arrived
+                self._cancel_head_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._head_timer is None:
+                self._arm_head_timer()
+
+        def connection_lost(self, exc):
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _head_timeout(self):
+            self._head_timer = None
+            if self.transport.is_closing() or self.cycle is not self._head_cycle:
+                return
+            if not self._head_started:      # idle: close quietly, as keep-alive does
+                counters.inc("idle_closed")
+                self.transport.close()
+                return
+            counters.inc("requests")
+            counters.inc("read_timeout")
+            data = json.dumps({"error": f"the request head did not arrive within "
+                                        f"{limits.read_timeout_s:g} s"}).encode()
+            # Written raw: h11 has no request to answer yet, and the connection ends here.
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: "
+                                 b"application/json\r\nconnection: close\r\ncontent-length: "
+                                 + str(len(data)).encode() + b"\r\n\r\n" + data)
+            self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             counters.inc("requests")
