@@ -4,7 +4,6 @@ with a 4xx and counted, malformed HTTP, and concurrent clients answered like a
 sequential one. gRPC: test_serving_grpc.py; versions: test_serving_versions.py."""
 
 import concurrent.futures
-import threading
 import time
 
 import numpy as np
@@ -268,4 +267,18 @@ def test_batcher_merges_requests_and_isolates_a_failing_one():
     finally:
         batcher.close()
     assert not any(t.is_alive() for t in batcher._threads)
-    assert threading.active_count() >= 1
+
+
+def test_batcher_survives_an_output_without_a_batch_axis():
+    from pipeline.serving.batching import Batcher, BatchingConfig
+
+    batcher = Batcher(lambda inputs: {"total": np.sum(inputs["x"])},
+                      BatchingConfig(max_batch_size=8, max_wait_s=0.3, num_threads=1))
+    try:
+        futures = [batcher.submit({"x": np.ones(2)}) for _ in range(3)]
+        for f in futures:
+            with pytest.raises(ValueError, match="no batch axis"):
+                f.result(timeout=10)
+        assert batcher.submit({"x": np.ones(1)}).result(timeout=10)["total"] == 1.0
+    finally:
+        batcher.close()

@@ -109,7 +109,12 @@ class Batcher:
             if first is None:
                 continue
             batch = self._gather(first)
-            self._run(batch)
+            try:
+                self._run(batch)
+            except Exception as err:  # noqa: BLE001 - e.g. an output without a batch axis
+                for task in batch:
+                    if not task.future.done():
+                        task.future.set_exception(err)
 
     def _run(self, batch: List[_Task]) -> None:
         if len(batch) == 1:
@@ -123,6 +128,10 @@ class Batcher:
                 self._run_one(task)
             return
         self.batches += 1
+        total = sum(t.rows for t in batch)
+        unbatched = [k for k, v in out.items() if np.ndim(v) == 0 or len(v) != total]
+        if unbatched:
+            raise ValueError(f"outputs {unbatched} have no batch axis of {total} rows")
         start = 0
         for task in batch:
             stop = start + task.rows
