@@ -109,3 +109,17 @@ def test_new_versions_failed_versions_and_retirement(tmp_path, pushes, monkeypat
         shutil.rmtree(base / "1")
         _wait(lambda: "1" not in _states(url))
         assert set(_states(url)) == {"2", "3"}
+
+
+def test_a_version_dir_is_served_alone_and_not_watched(tmp_path, pushes):
+    from pipeline.serving import make_server
+
+    base = tmp_path / "fer"
+    base.mkdir()
+    _push(pushes[0], base, 4)
+    with make_server(str(base / "4"), rest_port=0, grpc_port=-1, poll_s=0.1) as srv:
+        assert srv.name == "fer" and _states(srv.rest_url) == {"4": ("AVAILABLE", "")}
+        _push(pushes[1], base, 5)
+        time.sleep(0.5)
+        assert _states(srv.rest_url) == {"4": ("AVAILABLE", "")}
+        assert _probs(srv.rest_url, 4)[0] == 200
