@@ -7,7 +7,7 @@ The model sees what it saw in training:
 
 * ``--detector none``: each image *is* an aligned face and its file bytes go
   to ``serving_default`` unchanged, so the probabilities are the serving
-  signature's (video frames travel as lossless PNG).
+  signature's (video frames, TIFF and WebP travel as lossless gray PNG).
 * with a detector: the file is decoded to gray as the readers do
   (:func:`components.readers._common.load_image`), faces are found and
   aligned by :class:`components.ingestion.align.FaceAligner` at the face size
@@ -34,6 +34,9 @@ from components import contract
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# What serving_default's decoder (tf.io.decode_image) reads; other files (TIFF,
+# WebP: JAFFE is TIFF) travel as a PNG of the gray pixels the readers decoded.
+SERVING_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclasses.dataclass
@@ -97,8 +100,12 @@ def iter_frames(path: str, every: int = 10, unreadable: Optional[list] = None
             raise ValueError(f"cannot decode image {path}: {quarantine.entries[0].detail}")
         unreadable.append((path, quarantine.entries[0].detail))
         return
+    gray = contract.decode_png(loaded[0])
+    if not path.lower().endswith(SERVING_FORMATS):
+        yield Frame(path, gray, loaded[0])
+        return
     with open(path, "rb") as f:
-        yield Frame(path, contract.decode_png(loaded[0]), f.read())
+        yield Frame(path, gray, f.read())
 
 
 def model_face_size(model_path: str) -> int:

@@ -83,10 +83,14 @@ def test_aligned_faces_get_serving_default_probabilities(trained, serving_defaul
     for i, ext in enumerate(("png", "jpg", "bmp")):
         face = _face(seed=i, size=48 + 8 * i)
         cv2.imwrite(str(folder / f"f{i}.{ext}"), cv2.cvtColor(face, cv2.COLOR_GRAY2BGR))
+    tiff = _face(seed=7, size=60)
+    cv2.imwrite(str(folder / "f3.tiff"), tiff)     # not a format TF decodes: sent as PNG
     preds, stats = predict_path(str(folder), str(trained), detector="none")
-    assert stats["faces"] == 3 and not stats["unreadable"]
+    assert stats["faces"] == 4 and not stats["unreadable"]
     for p in preds:
-        want = serving_default([open(p.source, "rb").read()])
+        blob = contract.encode_png(tiff) if p.source.endswith(".tiff") else \
+            open(p.source, "rb").read()
+        want = serving_default([blob])
         np.testing.assert_allclose(p.probabilities, want["probabilities"][0], atol=1e-5)
         np.testing.assert_allclose(p.aus, want["aus"][0], atol=1e-5)
     probs = np.asarray([p.probabilities for p in preds])
