@@ -23,6 +23,11 @@ setup(
         "scikit-learn",
         "pillow",
         "opencv-python-headless",
+        # serving (pipeline/serving): TF Serving's REST and gRPC contracts
+        "uvicorn",
+        "starlette",
+        "grpcio",
+        "tensorflow-serving-api",
     ],
     extras_require={
         "kfp": ["tfx[kfp]==1.16.0"],

@@ -13,7 +13,18 @@ holding the method's inference model with:
     of the contract; only ``image`` is parsed (and required), so unlabelled
     examples work.
 
-Both return ``probabilities`` ``[B, 8]`` float32 over ``contract.EMOTIONS``,
+``classify``
+    TF Serving's Classify API (method ``tensorflow/serving/classify``): input
+    ``inputs``, serialized examples as for ``serving_examples``; outputs
+    ``classes`` ``[B, 8]`` string (``contract.EMOTIONS``) and ``scores``
+    ``[B, 8]`` float32 (the probabilities).
+
+``pixels``
+    input ``pixels``: ``float32 [None, S, S, 1]``, faces already decoded as
+    ``serving_default`` decodes them (gray, resized, in [0, 1]); the numeric
+    outputs only. The graph ``fermtl export --format tflite`` converts.
+
+The first two return ``probabilities`` ``[B, 8]`` float32 over ``contract.EMOTIONS``,
 ``label_id`` ``[B]`` int64 (argmax), ``label`` ``[B]`` string (canonical
 emotion name), plus every other output of the inference model (``aus``
 ``[B, 17]``, ``landmarks`` ``[B, 136]``, ``embedding``, ``compound`` ...)
@@ -34,11 +45,19 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tensorflow.core.protobuf import saved_model_pb2
+# Private, but the only writer of fingerprint.pb; the signature rewrite below
+# changes saved_model.pb, whose checksum the fingerprint records.
+from tensorflow.python.saved_model import fingerprinting_utils
+
 from components import contract
 from models import preprocessing
 
 CONFIG_FILE = "fermtl_config.json"
 EXTRA_DIR = "assets.extra"
+CLASSIFY_SIGNATURE = "classify"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+PIXELS_SIGNATURE = "pixels"
 
 
 class _ServingModule(tf.Module):
@@ -74,8 +93,21 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
-        parsed = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
-        return self.outputs(self.decode(parsed["image"]))
+        return self.outputs(self.decode(self._parse_images(examples)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def serve_classify(self, inputs):
+        scores = self.outputs(self.decode(self._parse_images(inputs)))["probabilities"]
+        classes = tf.broadcast_to(self._emotions[tf.newaxis], tf.shape(scores))
+        return {"classes": classes, "scores": scores}
+
+    def serve_pixels(self, pixels):
+        return {k: v for k, v in self.outputs(pixels).items() if v.dtype != tf.string}
+
+    @staticmethod
+    def _parse_images(examples: tf.Tensor) -> tf.Tensor:
+        spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+        return tf.io.parse_example(examples, spec)["image"]
 
 
 def _jsonable(value):
@@ -112,6 +144,10 @@ def export_saved_model(method, model, cfg: Dict[str, Any], export_dir: str,
     signatures = {
         "serving_default": module.serve_images.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
+        CLASSIFY_SIGNATURE: module.serve_classify.get_concrete_function(),
+        PIXELS_SIGNATURE: tf.function(module.serve_pixels, input_signature=[tf.TensorSpec(
+            [None, module.image_size, module.image_size, 1], tf.float32, name="pixels")]
+        ).get_concrete_function(),
     }
     for name, fn in extra.items():
         if name in signatures:
@@ -121,11 +157,27 @@ def export_saved_model(method, model, cfg: Dict[str, Any], export_dir: str,
             else fn
     tf.io.gfile.makedirs(export_dir)
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    set_method_name(export_dir, CLASSIFY_SIGNATURE, CLASSIFY_METHOD)
     extra_dir = os.path.join(export_dir, EXTRA_DIR)
     tf.io.gfile.makedirs(extra_dir)
     with tf.io.gfile.GFile(os.path.join(extra_dir, CONFIG_FILE), "w") as f:
         f.write(json.dumps(_jsonable(cfg), indent=2, sort_keys=True))
     return export_dir
+
+
+def set_method_name(export_dir: str, signature: str, method_name: str) -> None:
+    """Rewrite ``signature``'s method name in ``export_dir/saved_model.pb``
+    (``tf.saved_model.save`` writes every signature as ``.../predict``; TF
+    Serving's Classify API only takes a ``.../classify`` one)."""
+    path = os.path.join(export_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        meta_graph.signature_def[signature].method_name = method_name
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    fingerprinting_utils.write_fingerprint(export_dir)
 
 
 def load_config(export_dir: str) -> Dict[str, Any]:

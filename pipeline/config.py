@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -90,21 +90,67 @@ def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str) -> Dict[s
     return out
 
 
+def parse_set(item: str):
+    """``("a.b.0.c", value)`` of a ``--set KEY=VALUE`` (VALUE read as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=2), got {item!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML: "
+                          f"{' '.join(str(err).split())}") from None
+
+
+def apply_set(cfg: Dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (dotted; integers address list items, e.g.
+    ``data.sources.0.path``) in ``cfg``. The keys of the run config itself
+    must exist; inside ``data`` and ``method.overrides`` new keys may be added
+    (the data spec and the method check them)."""
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "config"
+        last = depth == len(parts) - 1
+        open_keys = parts[0] == "data" or parts[:2] == ["method", "overrides"]
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"--set {key}: {where} is a list of {len(node)} item(s); "
+                                  f"address one as {where}.0 .. {where}.{len(node) - 1}")
+            index = int(part)
+            if last:
+                node[index] = value
+            node = node[index]
+        elif isinstance(node, dict):
+            if part not in node and not (open_keys and depth > 0):
+                raise ConfigError(f"--set {key}: unknown key {part!r} in {where}; known: "
+                                  f"{sorted(node)}")
+            if last:
+                node[part] = value
+            elif part not in node:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {where} is a value ({node!r}), not a mapping "
+                              "or list")
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
-                raw: Optional[Dict[str, Any]] = None) -> RunConfig:
-    """Read a run config YAML (or ``raw`` dict), apply ``overrides`` (same shape)."""
+                raw: Optional[Dict[str, Any]] = None, sets: Sequence[str] = ()) -> RunConfig:
+    """Read a run config YAML (or ``raw`` dict), apply ``overrides`` (same
+    shape), then the ``--set KEY=VALUE`` items ``sets`` (after the data spec
+    file is read, so they reach into it; see :func:`apply_set`)."""
     if (path is None) == (raw is None):
         raise ConfigError("give exactly one of a config path or a raw dict")
     if path is not None:
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = _read_yaml(path, "config") or {}
         base_dir = os.path.dirname(os.path.abspath(path))
     else:
         base_dir = os.getcwd()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping")
+        raise ConfigError(f"{path or 'config'}: the config must be a mapping")
     cfg = _merge(_DEFAULTS, raw, "config")
     if overrides:
         cfg = _merge(cfg, overrides, "override")
@@ -122,9 +168,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         data_path = resolve(data)
         if not os.path.exists(data_path):
             raise ConfigError(f"config.data: data spec not found: {data_path}")
-        with open(data_path) as f:
-            data = yaml.safe_load(f)
+        data = _read_yaml(data_path, "data spec")
         data_base = os.path.dirname(data_path)
+    if sets:
+        cfg = {**cfg, "data": copy.deepcopy(data)}
+        for item in sets:
+            apply_set(cfg, *parse_set(item))
+        data = cfg["data"]
     from models.registry import method_names
 
     if cfg["method"]["name"] not in method_names():
@@ -138,3 +188,40 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         else f"{root.rstrip('/')}/serving",
         model_name=cfg["model_name"], beam_args=list(cfg["beam_args"]),
         source_path=os.path.abspath(path) if path else None)
+
+
+def _read_yaml(path: str, what: str):
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: malformed YAML in the {what}: "
+                              f"{' '.join(str(err).split())}") from None
+
+
+def preflight(config: RunConfig) -> None:
+    """Check what would otherwise fail inside the pipeline, before any
+    component runs: the data spec, every local source path, the method's
+    preset and overrides. Raises :class:`ConfigError` naming the field and
+    the fix."""
+    from components.ingestion.spec import DataSpec, SpecError
+    from models.registry import get_method
+
+    where = f" in {config.source_path}" if config.source_path else ""
+    try:
+        spec = DataSpec.from_dict(config.data, config.data_base_dir)
+    except SpecError as err:
+        raise ConfigError(f"data: {err}") from None
+    for i, source in enumerate(spec.sources):
+        paths = {"path": source.path,
+                 "au_table.path": source.au_table.path if source.au_table else None}
+        for field, path in paths.items():
+            if path and "://" not in path and not os.path.exists(path):
+                raise ConfigError(f"data.sources.{i}.{field}: {path} does not exist; fix the "
+                                  f"path{where} or pass --set data.sources.{i}.{field}=PATH")
+    m = config.method
+    try:
+        get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
+    except ValueError as err:
+        raise ConfigError(f"method: {err} (set method.preset / method.overrides{where})") \
+            from None

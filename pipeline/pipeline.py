@@ -29,11 +29,14 @@ TRAINER_FN = "models.trainer_module.run_fn"
 SLICES = ([], ["emotion"], ["dataset"], ["domain"])
 
 
-def method_config(config: RunConfig) -> Dict[str, Any]:
-    """The resolved method config (preset + overrides); the Trainer adds the
-    run's datasets from Transform's vocabulary."""
+def method_config(config: RunConfig, data_spec: DataSpec) -> Dict[str, Any]:
+    """The resolved method config (preset + overrides) and how the data was
+    ingested; the Trainer adds the run's datasets from Transform's vocabulary."""
     m = config.method
-    return get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
+    cfg = get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
+    # Written next to the exported model: `fermtl predict` aligns faces the same way.
+    cfg["ingestion"] = {"image_size": data_spec.image_size, "detector": data_spec.detector}
+    return cfg
 
 
 def train_config(config: RunConfig, cfg: Dict[str, Any], spec: DataSpec) -> Dict[str, Any]:
@@ -126,7 +129,7 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
     """All components of a run, wired. ``local_metadata=False`` leaves MLMD to
     the orchestrator (Kubeflow)."""
     spec = DataSpec.from_dict(config.data, config.data_base_dir)
-    cfg = method_config(config)
+    cfg = method_config(config, spec)
     data = data_components(spec, int(cfg["image_size"]), schema_path)
     ingestion, schema, transform = data[0], data[2], data[-1]
 

@@ -150,34 +150,41 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     found = find_run_artifacts(root)
     if not found["evaluation"]:
         raise FileNotFoundError(f"no Evaluator output under {root}: has the pipeline run?")
-    out_dir = out_dir or os.path.join(root, "report")
-    os.makedirs(out_dir, exist_ok=True)
-    result = tfma.load_eval_result(found["evaluation"])
-    rows = metric_rows(result)
-    mat = confusion_matrix(result)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-
     blessed = bool(found["blessing"] and os.path.exists(
         os.path.join(found["blessing"], "BLESSED")))
-    lines = [f"# fer-mtl run report: `{root}`", ""]
-    lines.append(f"- evaluation: `{found['evaluation']}`")
-    lines.append(f"- blessing: **{'BLESSED' if blessed else 'NOT BLESSED'}**")
+    facts = [f"evaluation: `{found['evaluation']}`",
+             f"blessing: **{'BLESSED' if blessed else 'NOT BLESSED'}**"]
     push = latest_push(os.path.join(root, "metadata.sqlite"))
-    lines.append(f"- pushed model: `{push['destination']}`" if push["pushed"]
-                 else "- pushed model: none (not blessed)")
+    facts.append(f"pushed model: `{push['destination']}`" if push["pushed"]
+                 else "pushed model: none (not blessed)")
     if found["model_run"] and os.path.exists(os.path.join(found["model_run"], "history.json")):
         with open(os.path.join(found["model_run"], "history.json")) as f:
             hist = json.load(f)
         cfg = hist.get("config", {})
-        lines.append(f"- method: `{cfg.get('method')}` preset `{cfg.get('preset')}`, "
+        facts.append(f"method: `{cfg.get('method')}` preset `{cfg.get('preset')}`, "
                      f"{hist.get('epochs')} epochs x {hist.get('steps_per_epoch')} steps")
     if found["quarantine"]:
         qpath = os.path.join(found["quarantine"], "quarantine.json")
         if os.path.exists(qpath):
             with open(qpath) as f:
                 q = json.load(f)
-            lines.append(f"- quarantined inputs: {q.get('count', 0)} {q.get('by_reason', {})}")
+            facts.append(f"quarantined inputs: {q.get('count', 0)} {q.get('by_reason', {})}")
+    return write_eval_report(found["evaluation"], out_dir or os.path.join(root, "report"),
+                             f"fer-mtl run report: `{root}`", facts)
+
+
+def write_eval_report(evaluation_dir: str, out_dir: str, title: str,
+                      facts: List[str]) -> str:
+    """``out_dir/report.md`` (+ ``metrics.json`` and PNG plots) of the TFMA
+    result in ``evaluation_dir``: ``facts`` as a list under ``title``, then
+    the per-slice and per-class tables and the plots. Returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    result = tfma.load_eval_result(evaluation_dir)
+    rows = metric_rows(result)
+    mat = confusion_matrix(result)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    lines = [f"# {title}", ""] + [f"- {fact}" for fact in facts]
     lines += ["", "## Metrics per slice", ""]
     lines += _table(rows, ("example_count", "sparse_categorical_accuracy"))
     cls_lines = _class_table(rows)

@@ -89,6 +89,14 @@ def test_pushed_model_serves_raw_images_and_examples(good_run):
     np.testing.assert_allclose(out2["probabilities"].numpy(), probs, atol=1e-5)
 
 
+def test_pushed_model_would_load_in_tf_serving(good_run):
+    """Signatures and methods, no Python-only ops, every op registered: the graph walk."""
+    from pipeline.serving.graph_check import FERMTL_SIGNATURES, servable_problems
+
+    version = glob.glob(os.path.join(good_run.push_dir, "*"))[0]
+    assert servable_problems(version, FERMTL_SIGNATURES) == []
+
+
 def test_report_has_slices_and_plots(good_run, tmp_path):
     from pipeline.report import write_report
 

@@ -60,11 +60,13 @@ def test_cli_overrides(tmp_path):
     class Args:
         method = "sjmt"
         preset = None
-        set = ["train.epochs=2", "evaluation.min_accuracy=0.5"]
 
-    o = _overrides(Args)
-    assert o == {"method": {"name": "sjmt"}, "train": {"epochs": 2},
-                 "evaluation": {"min_accuracy": 0.5}}
+    assert _overrides(Args) == {"method": {"name": "sjmt"}}
+    raw = {"data": {"sources": [{"reader": "synthetic", "dataset": "s"}]}}
+    config = load_config(raw=raw, overrides=_overrides(Args),
+                         sets=["train.epochs=2", "evaluation.min_accuracy=0.5"])
+    assert config.method["name"] == "sjmt" and config.train["epochs"] == 2
+    assert config.evaluation["min_accuracy"] == 0.5
 
 
 def test_fes_augment_flag_merges_into_the_method_overrides(tmp_path):
@@ -74,11 +76,11 @@ def test_fes_augment_flag_merges_into_the_method_overrides(tmp_path):
         method = "fersnet"
         preset = None
         fes_augment = True
-        set = ["method.overrides.fes_epochs=2"]
 
     raw = {"data": {"sources": [{"reader": "synthetic", "dataset": "s"}]},
            "method": {"name": "baseline", "preset": "small", "overrides": {"batch_size": 8}}}
-    config = load_config(raw=raw, overrides=_overrides(Args))
+    config = load_config(raw=raw, overrides=_overrides(Args),
+                         sets=["method.overrides.fes_epochs=2"])
     assert config.method["name"] == "fersnet"
     assert config.method["overrides"] == {"batch_size": 8, "fes_augment": True, "fes_epochs": 2}
 

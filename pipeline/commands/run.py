@@ -6,9 +6,7 @@ import logging
 import os
 import time
 
-import yaml
-
-from pipeline.config import CONFIG_DIR, load_config
+from pipeline.config import CONFIG_DIR, load_config, preflight
 
 log = logging.getLogger("fermtl")
 
@@ -25,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--method", help="override method.name")
     p.add_argument("--preset", help="override method.preset (small | paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config value, e.g. train.epochs=2 (YAML value)")
+                   help="override any config value, e.g. train.epochs=2 or "
+                        "data.sources.0.path=DIR (YAML value; numbers index lists)")
     p.add_argument("--fes-augment", action="store_true",
                    help="FERSNet: after training, synthesize every expression for each "
                         "training face (FES) and fine-tune the recognition stream on the "
@@ -47,28 +46,25 @@ def _overrides(args) -> dict:
         out.setdefault("method", {})["preset"] = args.preset
     if getattr(args, "fes_augment", False):
         out.setdefault("method", {}).setdefault("overrides", {})["fes_augment"] = True
-    for item in getattr(args, "set", []):
-        if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
+    return out   # --set items go to load_config(sets=...): they may index lists
 
 
-def run_and_report(config, enable_cache: bool) -> int:
-    from pipeline.pipeline import run_local
-    from pipeline.report import latest_push, write_report
+def run_and_report(config, enable_cache: bool, verbose: bool = False) -> int:
+    from pipeline.console import quiet_run, run_log_path
 
+    preflight(config)     # user mistakes end here, before any component runs
     start = time.time()
-    log.info("pipeline %s: root %s, method %s (%s)", config.name, config.pipeline_root,
-             config.method["name"], config.method.get("preset"))
-    run_local(config, enable_cache=enable_cache)
-    report = write_report(config.pipeline_root)
-    push = latest_push(config.metadata_path)
+    log_path = run_log_path(config.pipeline_root)
+    print(f"pipeline {config.name}: full log in {log_path}{'' if verbose else ' (-v prints it)'}")
+    with quiet_run(log_path, verbose):
+        from pipeline.pipeline import run_local   # (TFX and Beam log while they import)
+        from pipeline.report import latest_push, write_report
+
+        log.info("pipeline %s: root %s, method %s (%s)", config.name, config.pipeline_root,
+                 config.method["name"], config.method.get("preset"))
+        run_local(config, enable_cache=enable_cache)
+        report = write_report(config.pipeline_root)
+        push = latest_push(config.metadata_path)
     print(f"\npipeline finished in {time.time() - start:.0f} s")
     if push["pushed"]:
         print(f"model pushed to: {push['destination']}")
@@ -85,12 +81,12 @@ def cmd_demo(args) -> int:
     if args.method:
         overrides["method"] = {"name": args.method}
     config = load_config(os.path.join(CONFIG_DIR, "demo.yaml"), overrides=overrides)
-    return run_and_report(config, enable_cache=not args.no_cache)
+    return run_and_report(config, enable_cache=not args.no_cache, verbose=args.verbose)
 
 
 def cmd_run(args) -> int:
-    config = load_config(args.config, overrides=_overrides(args))
-    return run_and_report(config, enable_cache=not args.no_cache)
+    config = load_config(args.config, overrides=_overrides(args), sets=args.set)
+    return run_and_report(config, enable_cache=not args.no_cache, verbose=args.verbose)
 
 
 def cmd_report(args) -> int:
