@@ -88,7 +88,11 @@ def transformed_source(file_patterns: Sequence[str], tft_output, data_accessor,
         list(file_patterns),
         tfxio.TensorFlowDatasetOptions(batch_size=PARSE_BATCH, shuffle=False, num_epochs=1),
         tft_output.transformed_metadata.schema)
-    ds = ds.map(_squeeze_scalars).unbatch()
+    shapes = {k: f.shape for k, f in tft_output.transformed_feature_spec().items()
+              if k not in SCALAR_KEYS and getattr(f, "shape", None)}
+    ds = ds.map(_squeeze_scalars).unbatch().map(
+        lambda e: {k: (tf.ensure_shape(v, shapes[k]) if k in shapes else v)
+                   for k, v in e.items()})
     return ds.filter(keep) if keep is not None else ds
 
 

@@ -51,6 +51,7 @@ def good_run(tmp_path_factory):
     run_local(config)
     # Later tests rerun into the same root; keep this first evaluation's accuracy.
     config.tfma_accuracy = _tfma_overall(root)
+    (config.first_push,) = glob.glob(os.path.join(config.push_dir, "*"))
     return config
 
 
@@ -241,8 +242,7 @@ def test_core_accuracy_equals_the_evaluators_tfma_accuracy(good_run):
     from models import metrics
 
     root = good_run.pipeline_root
-    (version,) = glob.glob(os.path.join(good_run.push_dir, "*"))
-    serve = tf.saved_model.load(version).signatures["serving_examples"]
+    serve = tf.saved_model.load(good_run.first_push).signatures["serving_examples"]
     files = glob.glob(os.path.join(root, "FaceIngestion", "examples", "*", "Split-eval", "*"))
     y, prob = [], []
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64):

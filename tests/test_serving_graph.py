@@ -16,6 +16,7 @@ def test_every_method_exports_a_servable_graph(name, tmp_path):
 
     method = get_method(name)
     cfg = method.config("small")
+    cfg["schedule_steps"] = 1          # set by the training core before build
     export_saved_model(method, method.build(cfg), cfg, str(tmp_path / "1"))
     assert servable_problems(str(tmp_path / "1"), FERMTL_SIGNATURES) == []
     ops = graph_ops(read_saved_model(str(tmp_path / "1")).meta_graphs[0])

@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from components import contract  # noqa: E402
 from tests import method_helpers as mh  # noqa: E402
 
-EPOCHS = 12
+EPOCHS = 16
 SIZE = 96  # the small preset's input; faces are drawn at 48 px and upsampled
 N_TRAIN, N_TEST = 40, 8  # subjects; 1 face per emotion and domain each
 
