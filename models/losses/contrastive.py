@@ -214,12 +214,12 @@ def image_keys(images, size: int):
     """
     x = tf.convert_to_tensor(images)
     flat = tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
-    n = flat.shape[-1]
-    if n is None:
-        raise ValueError("image_keys: the image size must be static")
     # drop the 8 lowest mantissa bits so that sum(bits * mult) stays far below 2**63
     bits = tf.bitwise.right_shift(tf.bitcast(flat, tf.int32), 8)
-    mult = tf.constant(np.random.RandomState(0).randint(1, 2 ** 20, size=n), tf.int64)
+    # one pseudo-random multiplier in [1, 2**20) per pixel position (Knuth's hash),
+    # computed in the graph so that the image size may be dynamic
+    idx = tf.range(tf.shape(flat, out_type=tf.int64)[1], dtype=tf.int64)
+    mult = (idx * 2654435761 + 12345) % (2 ** 20 - 1) + 1
     h = tf.reduce_sum(tf.cast(bits, tf.int64) * mult[None, :], axis=1)
     return tf.math.floormod(h, int(size))
 
