@@ -56,8 +56,8 @@ from pipeline import artifacts, figures
 from pipeline.config import DEFAULT_BEAM_ARGS
 from pipeline.pipeline import data_pipeline
 from benchmarks import run_figures
-from benchmarks.tables import (ALL_METHODS, BenchmarkError, git_commit, hardware,  # noqa: F401
-                               load_settings, resolve_methods, summarize, write_table)
+from benchmarks.tables import (BenchmarkError, git_commit, hardware, resolve_methods,
+                               summarize, write_table)
 
 log = logging.getLogger("fermtl.benchmark")
 

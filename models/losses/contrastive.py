@@ -46,7 +46,6 @@ to the same class and never the point itself:
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 __all__ = ["pair_distance", "contrastive_loss", "ContrastiveLoss", "reachability_distance",

@@ -70,7 +70,8 @@ def _names(text: str):
 
 
 def cmd_benchmark(args) -> int:
-    from benchmarks.protocols import BenchmarkError, load_settings, run_benchmark
+    from benchmarks.protocols import run_benchmark
+    from benchmarks.tables import BenchmarkError, load_settings
 
     try:
         settings = load_settings(args.settings) if args.settings else {}
