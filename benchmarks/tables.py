@@ -83,6 +83,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             "train_minutes": float(sum(r["train_seconds"] for r in rs) / 60.0),
             "au_mean_f1": (float(np.mean([r["au_mean_f1"] for r in rs]))
                            if all("au_mean_f1" in r for r in rs) else None),
+            # Per-AU (TP + TN) / N averaged over AUs: SJMT's Eq 3 / Table 1-2 metric.
+            "au_mean_accuracy": (float(np.mean([r["au_mean_accuracy"] for r in rs]))
+                                 if all("au_mean_accuracy" in r for r in rs) else None),
             "hardware": rs[0].get("hardware", ""), "commit": rs[0].get("commit", ""),
         })
     return out
@@ -105,7 +108,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
     seed_reported = dict(seed_reported or {})
     header = (["method", "preset", "input", "params", "folds", "epochs", "accuracy",
                "balanced acc."] + [f"recall {e}" for e in classes]
-              + ["AU F1", "train min", "seed reports"])
+              + ["AU acc.", "AU F1", "train min", "seed reports"])
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         acc = (f"{s['accuracy_mean']:.1%} ± {s['accuracy_std']:.1%}" if s["folds"] > 1
@@ -113,7 +116,8 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
         cells = [s["method"], s["preset"], f"{s['image_size']}²", f"{s['params']:,}",
                  str(s["folds"]), str(s["epochs"]), acc, f"{s['balanced_mean']:.1%}"]
         cells += [_fmt(s["per_class_recall"].get(e), "{:.0%}") for e in classes]
-        cells += [_fmt(s["au_mean_f1"], "{:.2f}"), f"{s['train_minutes']:.1f}",
+        cells += [_fmt(s["au_mean_accuracy"], "{:.1%}"), _fmt(s["au_mean_f1"], "{:.2f}"),
+                  f"{s['train_minutes']:.1f}",
                   seed_reported.get(s["method"], "—")]
         lines.append("| " + " | ".join(cells) + " |")
     hw = sorted({s["hardware"] for s in summary if s["hardware"]})
@@ -129,14 +133,17 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
         w.writerow(["method", "preset", "image_size", "params", "folds", "epochs",
                     "accuracy_mean", "accuracy_std", "balanced_accuracy_mean"]
                    + [f"recall_{e}" for e in classes]
-                   + ["au_mean_f1", "train_minutes", "hardware", "commit", "seed_reported"])
+                   + ["au_mean_accuracy", "au_mean_f1", "train_minutes", "hardware", "commit",
+                      "seed_reported"])
         for s in summary:
             w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
                         s["epochs"], f"{s['accuracy_mean']:.4f}", f"{s['accuracy_std']:.4f}",
                         f"{s['balanced_mean']:.4f}"]
                        + [("" if s["per_class_recall"].get(e) is None
                            else f"{s['per_class_recall'][e]:.4f}") for e in classes]
-                       + ["" if s["au_mean_f1"] is None else f"{s['au_mean_f1']:.4f}",
+                       + ["" if s["au_mean_accuracy"] is None
+                          else f"{s['au_mean_accuracy']:.4f}",
+                          "" if s["au_mean_f1"] is None else f"{s['au_mean_f1']:.4f}",
                           f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
                           seed_reported.get(s["method"], "")])
     return {"markdown": md, "csv": path_csv}
