@@ -1,21 +1,33 @@
 """Selective sigmoid cross-entropy for multi-dataset, multi-label training.
 
-Seed: Pons & Masip, "Multi-task, multi-label and multi-domain learning with
-residual convolutional networks for emotion recognition" (SJMT), Eq 1.  The
-network outputs one logit per label of the *union* label space of all
-datasets; a sample from dataset ``d`` is only supervised on the labels that
-``d`` annotates (binary mask ``m_i``)::
+Pons & Masip, "Multi-task, multi-label and multi-domain learning with residual
+convolutional networks for emotion recognition" (SJMT), Eqs 1-2. The network
+outputs one logit ``p_j`` per label of the *union* label space of all
+datasets, ``y_hat_j = 1 / (1 + exp(-p_j))`` (Eq 2); a sample from dataset
+``k`` is only supervised on the labels ``L^k`` that ``k`` annotates (binary
+mask ``m_j = [j in L^k]``). Eq 1 as printed::
 
-    L_i = - (1 / sum_c m_ic) * sum_c m_ic * [ y_ic log s(x_ic) + (1 - y_ic) log(1 - s(x_ic)) ]
-    L   = mean over the samples with sum_c m_ic >= 1 of L_i
+    E(y_hat, y, k) = -1/N sum_{j in L^k} [ y_j log y_hat_j + (1 - y_hat_j) log(1 - y_hat_j) ]
 
-Choices (the equation leaves the normaliser implicit): each sample is
-normalised by *its own* number of contributing labels, so datasets with many
-labels do not dominate; samples with no contributing label are excluded from
-the batch mean (a batch with none gives 0).  The per-element term is
+with "N the number of classes". The second factor ``(1 - y_hat_j)`` is a
+misprint of ``(1 - y_j)``: as printed, a negative label (``y_j = 0``) would cost
+``-(1 - y_hat_j) log(1 - y_hat_j)``, which is 0 at ``y_hat_j = 1`` as well as at
+``y_hat_j = 0``, and a positive label would carry that term too. This module
+computes the binary cross-entropy ``y_j log y_hat_j + (1 - y_j) log(1 - y_hat_j)``.
+
+``normalizer`` says what ``N`` is:
+
+* ``"classes"`` (Eq 1 as written): ``N`` = the number of classes of the union
+  label space (the width ``C`` of the output), the same for every sample;
+* ``"labels"``: ``N = |L^k|``, each sample normalised by *its own* number of
+  annotated labels, so datasets with many labels do not dominate.
+
+The batch loss is the mean of ``E`` over the samples with at least one
+annotated label (a batch with none gives 0). The per-element term is
 ``tf.nn.sigmoid_cross_entropy_with_logits`` (numerically stable) and masked
-elements are removed with ``tf.where`` so they get exactly zero gradient even
-if their labels are garbage (e.g. -1 placeholders).
+elements are removed with ``tf.where``, so they get exactly zero gradient
+even if their labels are garbage (e.g. -1 placeholders). docs/methods.md (SJMT)
+lists the choices beside the paper.
 """
 
 from __future__ import annotations
@@ -23,10 +35,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["selective_sigmoid_cross_entropy", "SelectiveSigmoidCrossEntropy"]
+__all__ = ["selective_sigmoid_cross_entropy", "SelectiveSigmoidCrossEntropy", "NORMALIZERS"]
+
+NORMALIZERS = ("labels", "classes")
 
 
-def _per_sample(labels, logits, mask):
+def _per_sample(labels, logits, mask, normalizer: str = "labels"):
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     logits = tf.convert_to_tensor(logits)
     dtype = logits.dtype if logits.dtype.is_floating else tf.float32
     logits = tf.cast(logits, dtype)
@@ -35,17 +51,25 @@ def _per_sample(labels, logits, mask):
     ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     ce = tf.where(keep, ce, tf.zeros_like(ce))
     count = tf.reduce_sum(tf.cast(keep, dtype), axis=-1)
-    per_sample = tf.math.divide_no_nan(tf.reduce_sum(ce, axis=-1), count)
+    if normalizer == "classes":
+        num_classes = tf.cast(tf.shape(logits)[-1], dtype)
+        per_sample = tf.reduce_sum(ce, axis=-1) / num_classes
+    else:
+        per_sample = tf.math.divide_no_nan(tf.reduce_sum(ce, axis=-1), count)
     return per_sample, count > 0
 
 
-def selective_sigmoid_cross_entropy(labels, logits, mask, reduction: str = "mean"):
-    """SJMT Eq 1.  ``labels``, ``logits``, ``mask``: ``[B, C]`` (mask 1 = label is annotated).
+def selective_sigmoid_cross_entropy(labels, logits, mask, reduction: str = "mean",
+                                    normalizer: str = "labels"):
+    """SJMT Eq 1 (module docstring). ``labels``, ``logits``, ``mask``: ``[B, C]``
+    (mask 1 = the label is annotated by the sample's dataset, ``j in L^k``).
 
-    ``reduction="mean"``: scalar mean over samples with >= 1 contributing label;
-    ``"none"``: ``[B]`` per-sample losses (0 for samples without labels).
+    ``reduction="mean"``: scalar mean over samples with >= 1 annotated label;
+    ``"none"``: ``[B]`` per-sample ``E`` (0 for samples without labels).
+    ``normalizer``: ``"classes"`` (N = C, Eq 1 as written) or ``"labels"``
+    (N = the sample's number of annotated labels).
     """
-    per_sample, valid = _per_sample(labels, logits, mask)
+    per_sample, valid = _per_sample(labels, logits, mask, normalizer)
     if reduction == "none":
         return per_sample
     if reduction != "mean":
@@ -59,15 +83,18 @@ class SelectiveSigmoidCrossEntropy(keras.losses.Loss):
     """Keras loss for SJMT Eq 1 with ``y_true = concat([labels, mask], axis=-1)``.
 
     ``y_true`` is ``[B, 2C]`` and ``y_pred`` the ``[B, C]`` logits.  ``call``
-    returns, per sample, ``L_i / n_valid`` for samples with a contributing
+    returns, per sample, ``E_i / n_valid`` for samples with an annotated
     label (0 otherwise), and the default reduction is ``"sum"``, so the
     reduced value equals :func:`selective_sigmoid_cross_entropy` (mean over
     samples with labels).  ``sample_weight`` multiplies those terms.
     """
 
     def __init__(self, name: str = "selective_sigmoid_cross_entropy", reduction="sum",
-                 **kwargs):
+                 normalizer: str = "labels", **kwargs):
         super().__init__(name=name, reduction=reduction, **kwargs)
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+        self.normalizer = normalizer
 
     def call(self, y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
@@ -75,6 +102,9 @@ class SelectiveSigmoidCrossEntropy(keras.losses.Loss):
         if num is None:
             num = tf.shape(y_pred)[-1]
         labels, mask = y_true[..., :num], y_true[..., num:]
-        per_sample, valid = _per_sample(labels, y_pred, mask)
+        per_sample, valid = _per_sample(labels, y_pred, mask, self.normalizer)
         n_valid = tf.reduce_sum(tf.cast(valid, per_sample.dtype))
         return tf.math.divide_no_nan(per_sample, n_valid)
+
+    def get_config(self):
+        return {**super().get_config(), "normalizer": self.normalizer}
