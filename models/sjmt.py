@@ -2,105 +2,98 @@
 
 Pons & Masip, "Multi-task, multi-label and multi-domain learning with residual
 convolutional networks for emotion recognition" (arXiv:1802.06664, 2018).
+docs/methods.md (section SJMT) sets every element beside the paper: what is
+faithful, what the paper leaves open and each deviation. This docstring says
+what the code does.
 
-One CIFAR-style ResNet (He et al. 2016, Sec. 4.2; ResNet-32 / ResNet-110 in
-the paper, :func:`models.backbones.cifar_resnet`) with ONE fully connected
-layer of sigmoid outputs over the *union* label space of all datasets::
+``variant`` (Fig. 1 of the paper):
 
-    outputs 0..7     the 8 emotions of contract.EMOTIONS
-    outputs 8..24    the 17 AUs of contract.AUS
-    outputs 25..     optional compound emotions (``compound=True``)
+* ``"sjmt"`` (Fig. 1(c)): one CIFAR-style ResNet
+  (:func:`models.backbones.cifar_resnet`) with ONE fully connected layer of
+  sigmoid outputs (Eq 2) over the *union* label space of all datasets::
 
-trained with the selective sigmoid cross-entropy (the paper's Eq. 1,
-:func:`models.losses.selective_sigmoid_cross_entropy`): each sample is only
-supervised on the labels its dataset annotates. Per sample:
+      outputs 0..7     the 8 emotions of contract.EMOTIONS
+      outputs 8..24    the 17 AUs of contract.AUS
+      outputs 25..     optional compound emotions (``compound=True``)
 
-* emotion targets: the one-hot of ``emotion`` (a multi-hot
-  ``emotion_multihot`` when the batch carries one); emotion mask =
-  ``emotion_mask`` (the dataset's label set: the other emotions of the set are
-  trained as negatives, emotions outside it are not trained; ``emotion = -1``
-  has an all-zero mask);
-* AU targets: ``aus`` (intensities in [0, 1] used as soft targets; set
-  ``au_threshold`` to binarise to occurrence as in the paper); AU mask =
-  ``aus_mask``;
-* compound targets, see below.
+  trained with the selective sigmoid cross-entropy (Eq 1,
+  :func:`models.losses.selective_sigmoid_cross_entropy`, ``loss_normalizer``
+  its ``N``): each sample is only supervised on the labels its dataset
+  annotates; batches mix the datasets.
+* ``"classical"`` (Fig. 1(b), the classical multi-task baseline of Table 2):
+  the same ResNet with one output layer and loss per task (emotion: softmax
+  cross-entropy over the dataset's label set; AUs: sigmoid cross-entropy;
+  compounds: sigmoid cross-entropy), and batches of one dataset at a time.
+  The input pipeline delivers mixed batches, so each training step keeps the
+  samples of one dataset only — the ``step mod K``-th of the ``K`` datasets
+  present in the batch, in ``dataset_id`` order — and runs the forward pass
+  (batch norm included) and the loss on them alone (:meth:`SJMTModel.train_step`).
+* ``"single"`` (Fig. 1(a), ablation "single task"): the emotion task alone —
+  the softmax emotion head (and the compound head with ``compound=True``, the
+  "single" network of Table 4), trained on the samples whose dataset labels
+  emotions; AU labels are never read.
 
-So batches mixing an emotion-only dataset and an AU-only dataset train one
-shared representation, and the network predicts AUs for emotion-only images
-and emotions for AU-only images.
+Per-sample targets (:func:`sjmt_targets`): emotions the one-hot of
+``emotion`` (``emotion_multihot`` when the batch carries it), masked by
+``emotion_mask`` (the dataset's label set); AUs ``aus`` binarised at
+``au_threshold`` (occurrence; ``None`` keeps intensities as soft targets),
+masked by ``aus_mask``; compounds below.
 
-Inference outputs:
+Inference outputs: ``probabilities`` ``[B, 8]`` over ``contract.EMOTIONS``
+restricted to the emotions some training dataset labels
+(:class:`models.loss_model.LabelSetMask`) — for ``sjmt`` the sigmoid scores
+renormalised to sum to 1 (argmax unchanged), else the softmax; ``aus``
+``[B, 17]`` AU occurrence probabilities (not for ``single``); ``compound``
+``[B, P]`` with ``compound=True``; ``embedding`` the pooled ResNet features.
 
-* ``probabilities`` ``[B, 8]``: the 8 emotion sigmoid scores, restricted to the
-  emotions some training dataset labels (:class:`models.loss_model.LabelSetMask`)
-  and renormalised to sum to 1 (``s_c / sum_k s_k``) so they compare with the
-  softmax of the other methods; argmax is unchanged by the renormalisation.
-  The raw sigmoid scores are independent per emotion.
-* ``aus`` ``[B, 17]``: the AU sigmoid scores (occurrence probabilities).
-* ``compound`` ``[B, P]`` with ``compound=True``: compound sigmoid scores, in
-  the order of ``cfg["compound_pairs"]``.
-* ``embedding``: the pooled ResNet features.
+Compound emotions (Sec. 4.3; Du, Tao & Martinez, PNAS 2014). A compound is
+an *ordered* pair of basic emotions ``(modifier, base)`` named
+"<adverb of the modifier>_<adjective of the base>", e.g. ``fearfully_angry``
+= (fear, anger) (:func:`compound_name`, :func:`parse_compound`). The default
+``compound_pairs`` are the paper's eight, :data:`PAPER_COMPOUNDS`. The
+contract has no compound field: a compound label is a multi-hot emotion
+target (``emotion_multihot``) with both emotions on, so two orders of one
+pair cannot both be outputs. The target of pair ``(a, b)`` is ``t_a t_b``
+and its mask ``m_a m_b c``, ``c`` = the sample's dataset labels compounds
+(batch key ``compound_mask``, else dataset in ``cfg["compound_datasets"]``,
+else at least two emotions on). :func:`compound_accuracy` scores the
+compound task as Table 4 (per compound, their mean, all images).
 
-Compound emotions (the paper's compound-expression application; Du, Tao &
-Martinez, "Compound facial expressions of emotion", PNAS 2014). With
-``compound=True`` one extra sigmoid output per pair of basic emotions in
-``cfg["compound_pairs"]``; the default is the 15 pairs C(6, 2) of the six
-basic emotions (anger, disgust, fear, happiness, sadness, surprise), named
-Du-et-al.-style "<adverb of the first>_<adjective of the second>" in
-``contract.EMOTIONS`` order, e.g. ``happily_surprised`` =
-happiness + surprise (:func:`compound_label_names`). Any list of emotion-name
-pairs may be given instead (e.g. all 21 pairs of ``contract.BASIC7``). The
-contract has no compound field: a compound label is a *multi-hot emotion
-target* — a sample labelled "happily surprised" has emotions happiness and
-surprise both on. The target of pair (a, b) is ``t_a * t_b`` and its mask is
-``m_a * m_b * c`` where ``t`` is the multi-hot target, ``m`` the
-``emotion_mask`` and ``c`` says the sample's dataset labels compounds: a batch
-key ``compound_mask`` ([B] or [B, 1]) when present, else 1 for samples of a
-dataset named in ``cfg["compound_datasets"]`` (resolved through
-``cfg["datasets"]``, the run's ``dataset_id`` order) or whose target has at
-least two emotions on. ``emotion_multihot`` ([B, 8]) is an optional batch key
-for such data (absent: the one-hot of ``emotion``). :func:`compound_output_index`
-maps a pair to its output column.
-
-Training: SGD (momentum 0.9, Nesterov) with lr 0.05 and exponential decay
-``lr_t = 0.05 * lr_decay_rate ** (t / lr_decay_steps)`` (``lr_schedule``
-``exponential``: Keras ``ExponentialDecay``, :mod:`models.optimizers`;
-continuous, driven by the optimizer's step count so a resumed run continues
-it; the decay constants are our choice), L2 weight decay 1e-4 (He et al.
-2016), padding + random-crop augmentation (4 px at 32 x 32,
-``crop_padding``) and horizontal flips. Input:
-32 x 32 gray faces (``image_size``), standardised per image inside the model
-(``standardize``, part of the exported graph).
-
-Presets: ``paper`` = ResNet-110, ``resnet32`` = ResNet-32, both as above.
-``small`` is a CPU preset for tests and benchmarks: ResNet-8 (n = 1, width 16)
-on 48 px faces with a stride-2 stem and the last feature map average-pooled
-to a 3 x 3 grid instead of globally (:func:`models.backbones.cifar_resnet`),
-batch 16, no random crops. On the synthetic faces the paper's 32 px / global
-pooling / crops did not learn within a CPU minute (32 px hides the
-expressions' detail, global pooling of a shallow net discards where on the
-face a feature is); the loss and label space are unchanged.
+Presets: ``paper`` = ResNet-110, ``resnet32`` = ResNet-32 (Sec. 4: batch
+128, SGD lr 0.05 decayed every 10,000 steps, padding + random crops, 32 x 32
+input). ``small`` is a CPU preset for tests and benchmarks: ResNet-8 (n = 1,
+width 16) on 48 px faces with a stride-2 stem and the last feature map
+average-pooled to a 3 x 3 grid (:func:`models.backbones.cifar_resnet`),
+batch 16, no random crops, Eq 1 normalised per sample by its number of
+labels; the label space and AU targets are the paper's.
 """
 
 from __future__ import annotations
 
-import itertools
+import re
 from typing import Any, Dict, List, Sequence, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components import contract
 from models import backbones
 from models.base import Method
-from models.losses import masked_mean, selective_sigmoid_cross_entropy
+from models.losses import (masked_mean, masked_softmax_cross_entropy,
+                           selective_sigmoid_cross_entropy)
 from models.optimizers import optimizer_from_cfg
 from models.augment import random_pad_crop
 from models.loss_model import LabelSetMask, LossModel
 
+VARIANTS = ("sjmt", "classical", "single")
 NUM_BASE_OUTPUTS = contract.NUM_EMOTIONS + contract.NUM_AUS  # 25
-BASIC6: tuple = contract.EMOTIONS[:6]
-DEFAULT_COMPOUND_PAIRS: tuple = tuple(itertools.combinations(BASIC6, 2))  # 15 pairs
+#: The compound emotions of Sec. 4.3 / Table 4, in the paper's order, as
+#: (modifier, base): "fearfully angry" = fear modifying anger.
+PAPER_COMPOUNDS: tuple = (
+    ("anger", "disgust"), ("anger", "surprise"), ("fear", "anger"), ("fear", "surprise"),
+    ("happiness", "disgust"), ("happiness", "surprise"), ("sadness", "anger"),
+    ("sadness", "disgust"))
 
 _ADVERB = {"anger": "angrily", "disgust": "disgustedly", "fear": "fearfully",
            "happiness": "happily", "sadness": "sadly", "surprise": "surprisedly",
@@ -108,33 +101,59 @@ _ADVERB = {"anger": "angrily", "disgust": "disgustedly", "fear": "fearfully",
 _ADJECTIVE = {"anger": "angry", "disgust": "disgusted", "fear": "fearful",
               "happiness": "happy", "sadness": "sad", "surprise": "surprised",
               "neutral": "neutral", "contempt": "contemptuous"}
+_FROM_ADVERB = {v: k for k, v in _ADVERB.items()}
+_FROM_ADJECTIVE = {v: k for k, v in _ADJECTIVE.items()}
 
 
 # --------------------------------------------------------------------------- #
 # Label space
 # --------------------------------------------------------------------------- #
+def parse_compound(name: str) -> Tuple[int, int]:
+    """``(modifier, base)`` emotion indices of a compound name such as
+    ``"fearfully angry"`` / ``"Fearfully_angry"``."""
+    words = [w for w in re.split(r"[\s_\-]+", name.strip().lower()) if w]
+    if len(words) != 2 or words[0] not in _FROM_ADVERB or words[1] not in _FROM_ADJECTIVE:
+        raise ValueError(f"not a compound emotion name <adverb> <adjective>: {name!r} "
+                         f"(adverbs {sorted(_FROM_ADVERB)}, adjectives {sorted(_FROM_ADJECTIVE)})")
+    return (contract.EMOTIONS.index(_FROM_ADVERB[words[0]]),
+            contract.EMOTIONS.index(_FROM_ADJECTIVE[words[1]]))
+
+
+def _pair(item) -> Tuple[int, int]:
+    if isinstance(item, str):
+        return parse_compound(item)
+    a, b = item
+    return tuple(x if isinstance(x, (int, np.integer)) else contract.canonical_emotion(x)
+                 for x in (a, b))
+
+
 def resolve_pairs(pairs) -> Tuple[Tuple[int, int], ...]:
-    """Emotion-index pairs (a < b) from name or index pairs (None -> the default 15)."""
-    out = []
-    for a, b in (DEFAULT_COMPOUND_PAIRS if pairs is None else pairs):
-        ia = a if isinstance(a, int) else contract.canonical_emotion(a)
-        ib = b if isinstance(b, int) else contract.canonical_emotion(b)
-        if ia == ib:
-            raise ValueError(f"compound pair of one emotion: {(a, b)}")
-        out.append((min(ia, ib), max(ia, ib)))
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate compound pairs in {pairs}")
+    """Ordered ``(modifier, base)`` emotion-index pairs from compound names or
+    name/index pairs (``None`` -> :data:`PAPER_COMPOUNDS`). Two orders of one
+    pair are one multi-hot target, hence an error."""
+    out = [tuple(int(x) for x in _pair(p)) for p in (PAPER_COMPOUNDS if pairs is None else pairs)]
+    for p in out:
+        if p[0] == p[1]:
+            raise ValueError(f"compound pair of one emotion: {contract.EMOTIONS[p[0]]}")
+    if len({frozenset(p) for p in out}) != len(out):
+        raise ValueError(f"duplicate compound pairs (in either order) in {pairs}")
     return tuple(out)
 
 
+def compound_name(pair) -> str:
+    """``(fear, anger)`` -> ``fearfully_angry``."""
+    a, b = _pair(pair)
+    return f"{_ADVERB[contract.EMOTIONS[a]]}_{_ADJECTIVE[contract.EMOTIONS[b]]}"
+
+
 def compound_label_names(pairs=None) -> List[str]:
-    """Names of the compound outputs, e.g. ``happily_surprised``."""
-    return [f"{_ADVERB[contract.EMOTIONS[a]]}_{_ADJECTIVE[contract.EMOTIONS[b]]}"
-            for a, b in resolve_pairs(pairs)]
+    """Names of the compound outputs in order, e.g. ``fearfully_angry``."""
+    return [compound_name(p) for p in resolve_pairs(pairs)]
 
 
 def label_names(cfg: Dict[str, Any]) -> List[str]:
-    """Names of all sigmoid outputs in order (emotions, AUs, compounds)."""
+    """Names of all sigmoid outputs of the ``sjmt`` variant in order
+    (emotions, AUs, compounds)."""
     names = list(contract.EMOTIONS) + list(contract.AU_NAMES)
     if cfg.get("compound"):
         names += compound_label_names(cfg["compound_pairs"])
@@ -142,12 +161,17 @@ def label_names(cfg: Dict[str, Any]) -> List[str]:
 
 
 def compound_output_index(pair, cfg: Dict[str, Any]) -> int:
-    """Column of the logits/sigmoid output for the compound ``pair`` (names or
-    indices, either order)."""
+    """Column of the ``sjmt`` logits for the compound ``pair`` (a name, or
+    names/indices in either order); the ``compound`` output's column is this
+    minus :data:`NUM_BASE_OUTPUTS`."""
     if not cfg.get("compound"):
         raise ValueError("compound outputs are off (compound=False)")
-    key = resolve_pairs([pair])[0]
-    return NUM_BASE_OUTPUTS + resolve_pairs(cfg["compound_pairs"]).index(key)
+    key = frozenset(_pair(pair))
+    keys = [frozenset(p) for p in resolve_pairs(cfg["compound_pairs"])]
+    if key not in keys:
+        raise ValueError(f"{pair!r} is not among cfg['compound_pairs'] "
+                         f"{compound_label_names(cfg['compound_pairs'])}")
+    return NUM_BASE_OUTPUTS + keys.index(key)
 
 
 def compound_targets(multihot: tf.Tensor, emotion_mask: tf.Tensor, has_compound: tf.Tensor,
@@ -162,6 +186,42 @@ def compound_targets(multihot: tf.Tensor, emotion_mask: tf.Tensor, has_compound:
     mask = (tf.gather(emotion_mask, a, axis=1) * tf.gather(emotion_mask, b, axis=1)
             * tf.reshape(tf.cast(has_compound, tf.float32), [-1, 1]))
     return targets, mask
+
+
+def compound_classes(multihot, pairs=None) -> np.ndarray:
+    """``[N]`` index into ``pairs`` of the compound each multi-hot emotion
+    target is (exactly its two emotions on), ``-1`` for anything else."""
+    multihot = np.asarray(multihot) > 0.5
+    out = np.full(len(multihot), -1, np.int64)
+    for c, (a, b) in enumerate(resolve_pairs(pairs)):
+        out[(multihot.sum(1) == 2) & multihot[:, a] & multihot[:, b]] = c
+    return out
+
+
+def compound_accuracy(true_class, scores, names: Sequence[str]) -> Dict[str, Any]:
+    """Table 4's compound metrics: the argmax of the compound scores against the
+    true compound (``true_class`` ``[N]`` index into ``names``, ``-1`` left out).
+    ``per_compound`` name -> share of that compound's images classified as it
+    (None when it has none), ``num_images`` name -> count, ``mean_compounds``
+    (mean over compounds with images) and ``all_images`` (share of all images
+    correct)."""
+    true_class = np.asarray(true_class, np.int64).reshape(-1)
+    scores = np.asarray(scores)
+    if scores.shape != (len(true_class), len(names)):
+        raise ValueError(f"scores {scores.shape} vs {len(true_class)} images x "
+                         f"{len(names)} compounds")
+    keep = true_class >= 0
+    if not keep.any():
+        raise ValueError("compound_accuracy: no image with a compound label")
+    correct = scores.argmax(-1) == true_class
+    per, count = {}, {}
+    for c, name in enumerate(names):
+        of_c = true_class == c
+        count[name] = int(of_c.sum())
+        per[name] = float(correct[of_c].mean()) if of_c.any() else None
+    return {"per_compound": per, "num_images": count,
+            "mean_compounds": float(np.mean([v for v in per.values() if v is not None])),
+            "all_images": float(correct[keep].mean())}
 
 
 def sjmt_targets(batch: Dict[str, tf.Tensor], cfg: Dict[str, Any],
@@ -233,8 +293,38 @@ class SumNormalize(keras.layers.Layer):
 # --------------------------------------------------------------------------- #
 # Model and method
 # --------------------------------------------------------------------------- #
+def step_samples(batch: Dict[str, tf.Tensor], variant: str, step: tf.Tensor) -> tf.Tensor:
+    """``[B]`` bool: the samples a training step of ``variant`` uses. ``sjmt``:
+    all; ``single``: those whose dataset labels emotions; ``classical``: those
+    of the ``step mod K``-th of the K datasets in the batch (by ``dataset_id``)."""
+    emotion_mask = tf.cast(batch["emotion_mask"], tf.float32)
+    if variant == "sjmt":
+        return tf.ones(tf.shape(emotion_mask)[:1], tf.bool)
+    if variant == "single":
+        return tf.reduce_sum(emotion_mask, axis=1) > 0
+    ids = tf.reshape(tf.cast(batch["dataset_id"], tf.int64), [-1])
+    present = tf.sort(tf.unique(ids).y)
+    chosen = tf.gather(present, tf.math.floormod(tf.cast(step, tf.int64),
+                                                 tf.size(present, out_type=tf.int64)))
+    return tf.equal(ids, chosen)
+
+
+def select_samples(batch: Dict[str, tf.Tensor], keep: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The rows ``keep`` of every batch entry. When none is kept the whole batch
+    stays with every label masked out (the step's task loss is 0): an empty
+    batch would give batch norm NaN statistics."""
+    none = tf.logical_not(tf.reduce_any(keep))
+    rows = tf.logical_or(keep, none)
+    out = {k: tf.boolean_mask(v, rows) for k, v in batch.items()}
+    for key in ("emotion_mask", "aus_mask", "compound_mask"):
+        if key in out:
+            out[key] = tf.where(none, tf.zeros_like(out[key]), out[key])
+    out["emotion"] = tf.where(none, -tf.ones_like(out["emotion"]), out["emotion"])
+    return out
+
+
 class SJMTModel(LossModel):
-    """Training model of :class:`SJMT`: selective sigmoid CE over all outputs."""
+    """Training model of :class:`SJMT` (all variants, module docstring)."""
 
     loss_terms = ("loss", "emotion_loss", "au_loss", "emotion_accuracy")
 
@@ -243,61 +333,96 @@ class SJMTModel(LossModel):
         # Plain tuples/values only (no Keras tracking of the config).
         self.target_cfg = tuple(sorted(
             (k, (tuple(map(tuple, v)) if k == "compound_pairs" and v is not None else v))
-            for k, v in cfg.items() if k in ("compound", "compound_pairs", "au_threshold")))
+            for k, v in cfg.items()
+            if k in ("compound", "compound_pairs", "au_threshold", "loss_normalizer")))
+        self.variant = str(cfg["variant"])
         names = list(cfg.get("datasets") or ())
         self.compound_dataset_ids = tuple(names.index(d) for d in cfg.get("compound_datasets", ())
                                           if d in names)
+
+    def train_step(self, batch):
+        if self.variant != "sjmt":
+            batch = select_samples(batch, step_samples(batch, self.variant,
+                                                       self.optimizer.iterations))
+        return super().train_step(batch)
 
     def compute_batch_loss(self, batch, outputs, training):
         cfg = dict(self.target_cfg)
         if training:
             self.net.get_layer("label_set").update(batch["emotion_mask"])
         labels, mask = sjmt_targets(batch, cfg, self.compound_dataset_ids)
-        logits = tf.cast(outputs["logits"], tf.float32)
-        loss = selective_sigmoid_cross_entropy(labels, logits, mask)
         e, a = contract.NUM_EMOTIONS, NUM_BASE_OUTPUTS
-        emo_loss = selective_sigmoid_cross_entropy(labels[:, :e], logits[:, :e], mask[:, :e])
-        au_loss = selective_sigmoid_cross_entropy(labels[:, e:a], logits[:, e:a], mask[:, e:a])
-        emo_logits = tf.where(mask[:, :e] > 0, logits[:, :e], -1e9)
-        emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
-        correct = tf.cast(tf.equal(tf.argmax(emo_logits, axis=-1), emotion), tf.float32)
-        return {"loss": loss, "emotion_loss": emo_loss, "au_loss": au_loss,
-                "emotion_accuracy": masked_mean(correct, emotion >= 0)}
+
+        def sigmoid_ce(lo, hi, logits):
+            return selective_sigmoid_cross_entropy(labels[:, lo:hi], tf.cast(logits, tf.float32),
+                                                   mask[:, lo:hi],
+                                                   normalizer=cfg["loss_normalizer"])
+
+        if self.variant == "sjmt":
+            logits = tf.cast(outputs["logits"], tf.float32)
+            emo_logits = tf.where(mask[:, :e] > 0, logits[:, :e], -1e9)
+            emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
+            correct = tf.cast(tf.equal(tf.argmax(emo_logits, axis=-1), emotion), tf.float32)
+            return {"loss": sigmoid_ce(0, labels.shape[1], logits),
+                    "emotion_loss": sigmoid_ce(0, e, logits[:, :e]),
+                    "au_loss": sigmoid_ce(e, a, logits[:, e:a]),
+                    "emotion_accuracy": masked_mean(correct, emotion >= 0)}
+        # classical / single: one head and loss per task, summed.
+        emo = masked_softmax_cross_entropy(batch["emotion"], outputs["emotion_logits"],
+                                           batch["emotion_mask"])
+        terms = {"emotion_loss": emo["loss"], "emotion_accuracy": emo["accuracy"]}
+        loss = emo["loss"]
+        if "au_logits" in outputs:
+            terms["au_loss"] = sigmoid_ce(e, a, outputs["au_logits"])
+            loss = loss + terms["au_loss"]
+        if "compound_logits" in outputs:
+            loss = loss + sigmoid_ce(a, labels.shape[1], outputs["compound_logits"])
+        terms["loss"] = loss
+        return terms
 
 
-# Paper settings shared by all presets (Pons & Masip 2018; He et al. 2016).
-_COMMON = dict(image_size=32, standardize=True, crop_padding=4, flip=True, optimizer="sgd",
-               momentum=0.9, nesterov=True, learning_rate=0.05, lr_schedule="exponential",
-               pool_grid=1, stem_stride=1, au_threshold=None,
+# Sec. 4 of the paper (batch, lr and its decay, crops, 32 x 32 input); He et
+# al. 2016 Sec. 4.2 (momentum, weight decay); docs/methods.md for the rest.
+_COMMON = dict(variant="sjmt", image_size=32, standardize=True, crop_padding=4, flip=False,
+               optimizer="sgd", momentum=0.9, nesterov=False, learning_rate=0.05,
+               lr_schedule="exponential", lr_staircase=True, lr_decay_steps=10_000,
+               lr_decay_rate=0.5, weight_decay=1e-4, batch_size=128, pool_grid=1,
+               stem_stride=1, au_threshold=0.5, loss_normalizer="classes",
                compound=False, compound_pairs=None, compound_datasets=(), jit_compile=False)
+#: Training steps of the paper's ResNets (Sec. 4); a Plan's epochs x steps.
+PAPER_TRAIN_STEPS = 80_000
 
 
 class SJMT(Method):
-    """Pons & Masip 2018: ResNet + selective sigmoid CE over emotions ∪ AUs."""
+    """Pons & Masip 2018: ResNet + selective sigmoid CE over emotions ∪ AUs
+    (``variant`` ``classical`` / ``single``: the paper's baselines)."""
 
     name = "sjmt"
     presets = {
         # CPU preset (trains in about a minute): ResNet-8 (n = 1) at width 16 on
         # 48 px faces with a stride-2 stem and a 3 x 3 pooled grid instead of
-        # global pooling (both cut the steps a briefly trained ResNet needs on
-        # small faces, see backbones.cifar_resnet), no random crops.
+        # global pooling, no random crops, flips, Nesterov, batch 16 and a
+        # continuous decay, Eq 1 with N = |L^k| (docs/methods.md: why).
         "small": dict(_COMMON, image_size=48, depth=8, width=16, stem_stride=2, pool_grid=3,
-                      crop_padding=0, weight_decay=1e-4, batch_size=16,
-                      lr_decay_rate=0.5, lr_decay_steps=1000),
-        # ResNet-32 (0.46M parameters), the paper's smaller network.
-        "resnet32": dict(_COMMON, depth=32, width=16, weight_decay=1e-4, batch_size=128,
-                         lr_decay_rate=0.1, lr_decay_steps=30000),
-        # ResNet-110 (1.7M parameters), the paper's main network.
-        "paper": dict(_COMMON, depth=110, width=16, weight_decay=1e-4, batch_size=128,
-                      lr_decay_rate=0.1, lr_decay_steps=30000),
+                      crop_padding=0, flip=True, nesterov=True, batch_size=16,
+                      lr_staircase=False, lr_decay_steps=1000, loss_normalizer="labels"),
+        # ResNet-32 (0.46M parameters), Tables 1-2.
+        "resnet32": dict(_COMMON, depth=32, width=16),
+        # ResNet-110 (1.7M parameters), the paper's best network (Tables 1, 2, 4).
+        "paper": dict(_COMMON, depth=110, width=16),
     }
 
     def config(self, preset: str = "small", **overrides) -> Dict[str, Any]:
         cfg = super().config(preset, **overrides)
+        if cfg["variant"] not in VARIANTS:
+            raise ValueError(f"sjmt: variant must be one of {VARIANTS}, got {cfg['variant']!r}")
+        if cfg["variant"] != "sjmt" and cfg["jit_compile"]:
+            raise ValueError(f"sjmt: variant {cfg['variant']!r} trains on a per-step subset "
+                             "of the batch (dynamic shape), which XLA cannot compile; "
+                             "set jit_compile=False")
         if cfg["compound"]:
-            pairs = resolve_pairs(cfg["compound_pairs"])
             cfg["compound_pairs"] = [[contract.EMOTIONS[a], contract.EMOTIONS[b]]
-                                     for a, b in pairs]
+                                     for a, b in resolve_pairs(cfg["compound_pairs"])]
         return cfg
 
     def num_outputs(self, cfg: Dict[str, Any]) -> int:
@@ -313,23 +438,38 @@ class SJMT(Method):
                                        pool_grid=cfg["pool_grid"],
                                        stem_stride=cfg["stem_stride"])
         embedding = keras.layers.Identity(name="embedding")(feats)
-        logits = keras.layers.Dense(
-            self.num_outputs(cfg), kernel_regularizer=(keras.regularizers.L2(cfg["weight_decay"])
-                                                       if cfg["weight_decay"] else None),
-            name="logits")(embedding)
-        scores = keras.layers.Activation("sigmoid", name="scores")(logits)
+        reg = keras.regularizers.L2(cfg["weight_decay"]) if cfg["weight_decay"] else None
         e, a = contract.NUM_EMOTIONS, NUM_BASE_OUTPUTS
-        emo = LabelSlice(0, e, name="emotion_scores")(scores)
-        emo = LabelSetMask(e, fill=0.0, name="label_set")(emo)
-        outputs = {
-            "logits": logits,
-            "probabilities": SumNormalize(name="probabilities")(emo),
-            "aus": LabelSlice(e, a, name="aus")(scores),
-            "embedding": embedding,
-        }
+        outputs = {"embedding": embedding}
+        if cfg["variant"] == "sjmt":
+            logits = keras.layers.Dense(self.num_outputs(cfg), kernel_regularizer=reg,
+                                        name="logits")(embedding)
+            scores = keras.layers.Activation("sigmoid", name="scores")(logits)  # Eq 2
+            emo = LabelSlice(0, e, name="emotion_scores")(scores)
+            emo = LabelSetMask(e, fill=0.0, name="label_set")(emo)
+            outputs.update(logits=logits, probabilities=SumNormalize(name="probabilities")(emo),
+                           aus=LabelSlice(e, a, name="aus")(scores))
+            if cfg["compound"]:
+                outputs["compound"] = LabelSlice(a, self.num_outputs(cfg),
+                                                 name="compound")(scores)
+            return keras.Model(image, outputs, name="sjmt_net")
+        # classical / single: one output layer per task.
+        emo_logits = keras.layers.Dense(e, kernel_regularizer=reg,
+                                        name="emotion_logits")(embedding)
+        masked = LabelSetMask(e, fill=-1e9, name="label_set")(emo_logits)
+        outputs.update(emotion_logits=emo_logits,
+                       probabilities=keras.layers.Softmax(name="probabilities")(masked))
+        if cfg["variant"] == "classical":
+            au_logits = keras.layers.Dense(contract.NUM_AUS, kernel_regularizer=reg,
+                                           name="au_logits")(embedding)
+            outputs.update(au_logits=au_logits,
+                           aus=keras.layers.Activation("sigmoid", name="aus")(au_logits))
         if cfg["compound"]:
-            outputs["compound"] = LabelSlice(a, self.num_outputs(cfg), name="compound")(scores)
-        return keras.Model(image, outputs, name="sjmt_net")
+            c_logits = keras.layers.Dense(self.num_outputs(cfg) - a, kernel_regularizer=reg,
+                                          name="compound_logits")(embedding)
+            outputs.update(compound_logits=c_logits, compound=keras.layers.Activation(
+                "sigmoid", name="compound")(c_logits))
+        return keras.Model(image, outputs, name=f"sjmt_{cfg['variant']}_net")
 
     def build(self, cfg: Dict[str, Any]) -> keras.Model:
         model = SJMTModel(self.build_net(cfg), cfg, name="sjmt")
@@ -339,9 +479,26 @@ class SJMT(Method):
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         net = model.net
-        keep = ["probabilities", "aus", "embedding"] + (["compound"] if cfg["compound"] else [])
+        keep = [k for k in ("probabilities", "aus", "embedding", "compound")
+                if k in net.output]
         return keras.Model(net.input, {k: net.get_layer(k).output for k in keep},
                            name="sjmt_inference")
+
+    def evaluate_compounds(self, model: keras.Model, cfg: Dict[str, Any], images,
+                           emotion_multihot, batch_size: int = 64) -> Dict[str, Any]:
+        """:func:`compound_accuracy` (Table 4) of the ``compound`` output on
+        ``images`` ``[N, S, S, 1]`` whose compound labels are the multi-hot
+        emotion targets ``emotion_multihot`` ``[N, 8]``."""
+        if not cfg["compound"]:
+            raise ValueError("evaluate_compounds: the model has no compound outputs "
+                             "(compound=False)")
+        infer = self.inference_model(model, cfg)
+        images = np.asarray(images, np.float32)
+        scores = np.concatenate([np.asarray(infer(images[i:i + batch_size],
+                                                  training=False)["compound"])
+                                 for i in range(0, len(images), batch_size)])
+        return compound_accuracy(compound_classes(emotion_multihot, cfg["compound_pairs"]),
+                                 scores, compound_label_names(cfg["compound_pairs"]))
 
     def augment(self, batch, cfg):
         batch = dict(batch)
