@@ -20,10 +20,10 @@ face ``x`` and every other basic expression ``t`` of its capture sequence
 ``--generator-only``: instead of the whole FERSNet objective, train only its
 generator (both encoder streams, the ConvFLU transfers, label transformer and
 decoder) on aligned ``(x, t, x_t)`` pairs of the training subjects with
-``lambda_rec * recon_loss(G(x, t), x_t)`` alone, ``--steps`` Adam steps at
+``lambda_rec * reconstruction_loss(G(x, t), x_t)`` (Eq 7) alone, ``--steps`` Adam steps at
 ``--lr`` (batch 16).  It isolates what the architecture and the
 reconstruction loss can learn from what the GAN, cycle and classification
-terms add (package docstring of ``models/fersnet/``, "Synthesis side").
+terms add (docs/methods.md, FERSNet, the small preset's synthesis side).
 
 Prints one JSON line (the figures), saves a grid (source, ``G(x, t)`` for the
 seven targets, the real targets) as PNG::
@@ -50,7 +50,7 @@ from benchmarks import synthesis  # noqa: E402
 from components import contract, synthetic  # noqa: E402
 from models import fersnet  # noqa: E402
 from models.fersnet.fes import decode_faces  # noqa: E402
-from models.fersnet.losses import pixel_loss  # noqa: E402
+from models.fersnet.losses import reconstruction_loss  # noqa: E402
 
 SIZE = 64
 K = len(contract.BASIC7)
@@ -102,13 +102,13 @@ def train_generator(train, overrides, steps: int, lr: float, seed: int, batch: i
     jobs = synthesis.aligned_synthesis_jobs(train)
     params = (model.encoder.trainable_variables + model.decoder.trainable_variables)
     opt = keras.optimizers.Adam(lr, beta_1=cfg["beta_1"])
-    kind, weight = cfg["recon_loss"], float(cfg["lambda_rec"])
+    weight = float(cfg["lambda_rec"])
 
     @tf.function
     def step(src, target, real):
         with tf.GradientTape() as tape:
             fake = model.synthesize(src, target, training=True)
-            loss = weight * tf.reduce_mean(pixel_loss(fake, real, kind))
+            loss = weight * tf.reduce_mean(reconstruction_loss(fake, real))
         opt.apply(tape.gradient(loss, params), params)
         return loss
 
@@ -117,7 +117,7 @@ def train_generator(train, overrides, steps: int, lr: float, seed: int, batch: i
         b = jobs[rng.integers(0, len(jobs), batch)]
         loss = step(x[b[:, 0]], b[:, 1], x[b[:, 2]])
         if i % 250 == 0 or i == steps:
-            log(f"step {i}/{steps}: {weight:g} x {kind} = {float(loss):.5f}")
+            log(f"step {i}/{steps}: {weight:g} x L_rec = {float(loss):.5f}")
     return model, cfg
 
 

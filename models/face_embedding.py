@@ -1,42 +1,31 @@
-"""A small frozen face-identity embedding for FERSNet's identity loss.
+"""A face-identity embedding for FERSNet's identity-preserving loss (Eq 9).
 
-Why this exists
----------------
-FERSNet (Zhao et al., "Deep Multi-task Learning for Facial Expression
-Recognition and Synthesis Based on Selective Feature Sharing", ICPR 2020,
-arXiv:2007.04514) keeps the identity of synthesized faces with an
-identity-preserving loss computed on features of a *pre-trained Light CNN*
-face-recognition network.  Those weights cannot be downloaded here (no
-internet, and their licence is not ours to redistribute), so this project
-trains its own, much smaller, identity network:
+FERSNet (Zhao, Liu, Xiao, Lun, Lam, "Deep Multi-task Learning for Facial
+Expression Recognition and Synthesis Based on Selective Feature Sharing",
+ICPR 2020) computes ``L_idt = ||f(G(z^t, I)) - f(I^t)||_2^2`` on the features
+of the pre-trained model-B of the Light CNN (Wu, He, Sun, ref. [20]).  Those
+weights cannot be downloaded here, so this module's network stands in for
+it (docs/methods.md, FERSNet):
 
 * :func:`build_face_embedding` -- a fully-convolutional CNN (conv3x3-BN-ReLU
   blocks + max-pool, global average pooling, a linear projection and L2
-  normalisation) mapping a grayscale face ``[B, H, W, 1]`` in [0, 1] (any
-  size) to a unit vector ``[B, dim]``;
-* :func:`train_face_embedding` -- trains it to classify SUBJECT identity
-  (cosine-softmax / NormFace head, dropped after training) on any contract
-  samples that carry a ``subject``; every expression of a subject shares one
-  class, so the embedding learns to ignore expression, which is what an
-  identity loss for expression synthesis needs;
+  normalisation) mapping a grey face ``[B, H, W, 1]`` in [0, 1] (any size)
+  to a unit vector ``[B, dim]``;
+* :class:`CosineSoftmax` -- the NormFace identity classifier on top of it
+  (``scale * cos(embedding, class centre)``), used while training;
+* :func:`identity_bucket` -- a subject's class index from the hashed
+  ``subject_id`` of the model inputs;
+* :func:`train_face_embedding` -- trains it, frozen afterwards, on contract
+  samples that carry a ``subject`` (every expression of a subject is one
+  class, so the embedding learns to ignore expression); FERSNet loads such
+  weights from ``face_embedding_weights`` (the paper's way: a pre-trained,
+  frozen identity network).  Without weights FERSNet trains the same
+  network *during its own fit* on the training batches' subject ids
+  (``models/fersnet/model.py``);
 * :func:`save_face_embedding` / :func:`load_face_embedding` -- Keras weights
-  (``*.weights.h5``) plus a JSON side-car with the architecture; the loaded
-  model is frozen (``trainable = False``).
+  (``*.weights.h5``) plus a JSON side-car with the architecture.
 
-FERSNet uses it as ``L_idt = 1 - cos(emb(G(x, t)), emb(x))`` (see
-``models/fersnet/``).
-
-Data to train it on
--------------------
-For the synthetic data of ``components/synthetic.py`` the training subjects
-are enough (the test suite does that in a few seconds).  For real data train
-it on an *identity-labelled* set (e.g. the subjects of CK+, Oulu-CASIA, MMI,
-BP4D or any face-recognition set converted to the contract) -- the more
-subjects the better; the expression datasets' own subjects are a usable
-minimum.  Its weights then go to FERSNet's ``face_embedding_weights`` config
-key; without them FERSNet disables ``L_idt`` (logged warning).
-
-Command-line-free usage::
+Usage::
 
     emb, info = train_face_embedding(samples, image_size=48, epochs=15)
     save_face_embedding(emb, "runs/face_emb.weights.h5")
@@ -66,7 +55,8 @@ __all__ = [
     "save_face_embedding",
     "load_face_embedding",
     "read_arch",
-    "identity_loss",
+    "CosineSoftmax",
+    "identity_bucket",
     "embed",
     "verification_auc",
 ]
@@ -84,7 +74,8 @@ def _sidecar(path: str) -> str:
 
 
 def build_face_embedding(image_size: Optional[int] = None, filters: Sequence[int] = (16, 32, 64),
-                         dim: int = 64, name: str = "face_embedding") -> keras.Model:
+                         dim: int = 64, name: str = "face_embedding",
+                         bn_momentum: float = 0.99) -> keras.Model:
     """Identity embedding network: image ``[B, H, W, 1]`` in [0, 1] -> unit ``[B, dim]``.
 
     ``image_size`` is the size it is trained at (recorded in the side-car and
@@ -97,7 +88,8 @@ def build_face_embedding(image_size: Optional[int] = None, filters: Sequence[int
         for j in range(2):
             x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False,
                                     name=f"b{i + 1}_conv{j + 1}")(x)
-            x = keras.layers.BatchNormalization(name=f"b{i + 1}_bn{j + 1}")(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum,
+                                                name=f"b{i + 1}_bn{j + 1}")(x)
             x = keras.layers.ReLU(name=f"b{i + 1}_relu{j + 1}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"b{i + 1}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
@@ -106,13 +98,14 @@ def build_face_embedding(image_size: Optional[int] = None, filters: Sequence[int
     return keras.Model(inp, out, name=name)
 
 
-class _CosineSoftmax(keras.layers.Layer):
-    """NormFace head: ``scale * cos(embedding, class centre)`` logits."""
+@keras.saving.register_keras_serializable(package="fermtl")
+class CosineSoftmax(keras.layers.Layer):
+    """NormFace head (Wang et al. 2017): logits ``scale * cos(embedding, class centre)``."""
 
     def __init__(self, n_classes: int, scale: float = 16.0, **kw):
         super().__init__(**kw)
-        self.n_classes = n_classes
-        self.scale = scale
+        self.n_classes = int(n_classes)
+        self.scale = float(scale)
 
     def build(self, input_shape):
         self.w = self.add_weight(shape=(int(input_shape[-1]), self.n_classes),
@@ -121,6 +114,17 @@ class _CosineSoftmax(keras.layers.Layer):
     def call(self, x):
         w = tf.math.l2_normalize(self.w, axis=0)
         return self.scale * tf.matmul(tf.math.l2_normalize(x, axis=-1), w)
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes, "scale": self.scale}
+
+
+def identity_bucket(subject_id: tf.Tensor, buckets: int) -> tf.Tensor:
+    """Class index ``subject_id mod buckets`` of hashed subject ids (the model
+    inputs' ``subject_id``, a 62-bit hash; -1 unknown stays -1).  Two subjects
+    share a class with probability ``1 / buckets`` per pair."""
+    sid = tf.cast(subject_id, tf.int64)
+    return tf.where(sid >= 0, tf.math.floormod(sid, int(buckets)), -tf.ones_like(sid))
 
 
 def _decode(samples: Sequence[contract.FaceSample], size: int) -> np.ndarray:
@@ -157,7 +161,7 @@ def train_face_embedding(samples: Iterable[contract.FaceSample], image_size: int
     keras.utils.set_random_seed(seed)
     emb = build_face_embedding(image_size, filters, dim)
     inp = keras.Input((image_size, image_size, 1))
-    logits = _CosineSoftmax(len(subjects), name="id_head")(emb(inp))
+    logits = CosineSoftmax(len(subjects), name="id_head")(emb(inp))
     trainer = keras.Model(inp, logits)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -213,19 +217,13 @@ def load_face_embedding(path: str, arch: Optional[Dict[str, Any]] = None) -> ker
     return model
 
 
-def identity_loss(emb_a: tf.Tensor, emb_b: tf.Tensor) -> tf.Tensor:
-    """Per-sample ``1 - cos(a, b)`` ([B])."""
-    a = tf.math.l2_normalize(emb_a, axis=-1)
-    b = tf.math.l2_normalize(emb_b, axis=-1)
-    return 1.0 - tf.reduce_sum(a * b, axis=-1)
-
-
-def embed(model: keras.Model, images: tf.Tensor, image_size: Optional[int] = None) -> tf.Tensor:
+def embed(model: keras.Model, images: tf.Tensor, image_size: Optional[int] = None,
+          training: bool = False) -> tf.Tensor:
     """Embeddings of ``images`` ([B, S, S, 1] in [0, 1]), resized to ``image_size`` first."""
     images = tf.convert_to_tensor(images, tf.float32)
     if image_size and images.shape[1] != image_size:
         images = tf.image.resize(images, [image_size, image_size])
-    return model(images, training=False)
+    return model(images, training=training)
 
 
 def verification_auc(model: keras.Model, samples: Sequence[contract.FaceSample],

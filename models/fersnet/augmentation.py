@@ -1,5 +1,5 @@
 """FERSNet's training augmentation: mirror, rotation and shift, one transform
-per subject of the batch (package docstring, "Augmentation")."""
+per subject of the batch (docs/methods.md, FERSNet, augmentation)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _group_leader(subject_id):
 def augment_batch(batch: Dict[str, tf.Tensor], cfg: Dict[str, Any]) -> Dict[str, tf.Tensor]:
     """Random mirror, rotation (multiples of ``rotation_step`` up to
     ``max_rotation`` degrees) and translation (the crop from ``crop_from``,
-    see the package docstring) of ``batch["image"]``; one transform per subject
+    see docs/methods.md, FERSNet) of ``batch["image"]``; one transform per subject
     of the batch (samples with unknown subject get their own)."""
     image = tf.convert_to_tensor(batch["image"], tf.float32)
     size = int(cfg["image_size"])

@@ -1,7 +1,7 @@
-"""FES augmentation (the paper's synthesis-based data augmentation): render
-every other expression of the label set for each labelled training face, then
-fine-tune the recognition stream on real + synthesized faces (package
-docstring, "FES augmentation")."""
+"""FES augmentation ("FERSNet w/ FES-DA", the paper's Sec. IV-D, Table VI):
+render every other expression of the label set for each labelled training
+face, then fine-tune the recognition stream on real + synthesized faces
+(docs/methods.md, FERSNet)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The FERSNet method: presets, builders, augmentation, callbacks and the
-post-fit FES hook (package docstring)."""
+post-fit FES hook (docs/methods.md, FERSNet)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,28 @@ from models.fersnet.model import FERSNetModel, IdentityLambdaRamp
 from models.fersnet.networks import NUM_CLASSES
 
 
+# Every key (docs/methods.md, FERSNet, has the paper's value beside each).
 _COMMON = {
+    "synthesis": True,                  # False: ablation "w/o MTL" (recognition stream alone)
+    "sharing": "convflu",               # "hard": ablation "w/o ConvFLU" (one shared stream)
     "bn_momentum": 0.9,
     "dropout": 0.5,
     "convflu_kernel": 1,
     "fc_batchnorm": True,
     "label_units": 64,
     "label_channels": 8,
+    "decoder_block": "paper",
+    "disc_strides": None,
+    "disc_batchnorm": False,
+    "disc_out_kernel": 3,
+    "disc_conditioning": "concat",
     "gan_loss": "bce",
     "lambda_gan": 0.3,
     "lambda_rec": 1.0,
     "lambda_cyc": 0.5,
     "lambda_idt_start": 0.1,
     "lambda_idt_end": 0.5,
-    "idt_ramp_epochs": 10,
+    "idt_ramp_epochs": None,            # None: over the whole fit
     "pair_prob": 1.0,
     "batch_group_size": 2,
     "decoder_skips": False,
@@ -38,7 +46,9 @@ _COMMON = {
     "synthesis_activation": "relu",
     "decoder_batchnorm": True,
     "decoder_activation": "relu",
-    "recon_loss": "l1",
+    "lr_schedule": "constant",
+    "lr_decay_rate": 0.01,
+    "lr_decay_steps": None,             # None: the whole fit (cfg["schedule_steps"])
     "beta_1": 0.5,
     "augment": True,
     "mirror": True,
@@ -46,6 +56,9 @@ _COMMON = {
     "rotation_step": 5,
     "face_embedding_weights": "",
     "face_embedding_arch": None,
+    "identity_embedding": True,         # train the identity network f of Eq 9 in the fit
+    "identity_buckets": 4096,
+    "identity_learning_rate": 3e-3,
     "fes_augment": False,
     "fes_epochs": 3,
     "fes_learning_rate": 2e-4,
@@ -53,7 +66,7 @@ _COMMON = {
 
 
 class FERSNet(Method):
-    """FERSNet (Zhao et al., ICPR 2020); see the package docstring."""
+    """FERSNet (Zhao, Liu, Xiao, Lun, Lam, ICPR 2020); docs/methods.md, FERSNet."""
 
     name = "fersnet"
     presets = {
@@ -71,34 +84,41 @@ class FERSNet(Method):
             "d_learning_rate": 2e-3,
             "batch_size": 16,
             "epochs": 8,
-            # ours, not the paper's (package docstring, "Decoder" and
-            # "Synthesis side of the small preset"):
+            # ours, not the paper's (docs/methods.md, FERSNet, small preset):
+            "decoder_block": "up_conv",
             "decoder_skips": True,
             "residual_output": True,
             "synthesis_batchnorm": False,
             "synthesis_activation": "leaky_relu",
             "decoder_batchnorm": False,
             "decoder_activation": "leaky_relu",
-            "recon_loss": "l2",
             "lambda_rec": 100.0,
             "lambda_cyc": 5.0,
         },
+        # Sec. IV-A of the paper unless docs/methods.md says otherwise.
         "paper": {
             **_COMMON,
             "image_size": 96,
             "crop_from": 110,
-            "filters": [32, 64, 128, 256],
-            "decoder_filters": [256, 128, 64, 32],
-            "convflu_kernel": 3,
+            "filters": [256, 256, 256, 256],
+            "decoder_filters": [256, 256, 256, 256],
+            "convflu_kernel": 1,
+            "fc_batchnorm": False,
             "fc_units": 1024,
             "label_units": 256,
             "label_channels": 32,
-            "disc_filters": [64, 128, 256],
-            "learning_rate": 2e-4,
-            "d_learning_rate": 2e-4,
-            "batch_size": 32,
-            "epochs": 60,
-            "idt_ramp_epochs": 30,
+            "disc_filters": [64, 128, 256, 512],     # pix2pix's 70x70 PatchGAN
+            "disc_strides": [2, 2, 2, 1],
+            "disc_batchnorm": True,
+            "disc_out_kernel": 4,
+            "learning_rate": 1e-3,
+            "d_learning_rate": 1e-3,
+            "lr_schedule": "exponential",           # 1e-3 -> 1e-5 over the fit
+            "beta_1": 0.9,
+            "batch_size": 64,
+            "epochs": 500,
+            "face_embedding_arch": {"image_size": 96, "filters": [32, 64, 128, 256],
+                                    "dim": 256},
         },
     }
 
@@ -117,6 +137,8 @@ class FERSNet(Method):
                            name="fersnet_inference")
 
     def extra_signatures(self, model: keras.Model, cfg: Dict[str, Any]) -> Dict[str, Any]:
+        if not cfg.get("synthesis", True):
+            return {}
         size = int(cfg["image_size"])
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32,
@@ -135,8 +157,13 @@ class FERSNet(Method):
         return augment_batch(batch, cfg)
 
     def callbacks(self, cfg: Dict[str, Any], steps_per_epoch: int):
-        return [IdentityLambdaRamp(cfg["lambda_idt_start"], cfg["lambda_idt_end"],
-                                   cfg["idt_ramp_epochs"])]
+        """The ``lambda4`` ramp over ``idt_ramp_epochs`` or, when None, the
+        whole fit (``schedule_steps / steps_per_epoch``, else ``epochs``)."""
+        epochs = cfg.get("idt_ramp_epochs")
+        if not epochs:
+            steps = int(cfg.get("schedule_steps") or 0)
+            epochs = steps // max(int(steps_per_epoch), 1) if steps else cfg["epochs"]
+        return [IdentityLambdaRamp(cfg["lambda_idt_start"], cfg["lambda_idt_end"], epochs)]
 
     def post_fit(self, model: keras.Model, cfg: Dict[str, Any],
                  train_samples: Optional[Sequence[contract.FaceSample]] = None,
@@ -147,6 +174,8 @@ class FERSNet(Method):
         fine-tuning history or None."""
         if not cfg.get("fes_augment"):
             return None
+        if not cfg.get("synthesis", True):
+            raise ValueError("fersnet: fes_augment needs the synthesis task (synthesis: true)")
         data = train_samples if train_samples else train_data
         if data is None:
             raise ValueError("fersnet: fes_augment is set but the trainer passed no training "

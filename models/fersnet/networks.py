@@ -1,11 +1,12 @@
 """FERSNet's two encoder streams, classifier, decoder and discriminator
-(architecture in the package docstring, :mod:`models.fersnet`)."""
+(docs/methods.md, FERSNet, has the paper beside each)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import keras
+from keras import ops
 
 from components import contract
 from models.layers import ConvFLUTransfer, FusedBatchNorm
@@ -42,23 +43,45 @@ def _bottleneck(cfg) -> int:
     return size // 16
 
 
+SHARING = ("convflu", "hard")
+
+
 def build_encoder(cfg: Dict[str, Any]) -> keras.Model:
-    """Both encoder streams with a ConvFLU transfer after each block:
-    image -> ``[f_x4, f_y4]`` (recognition, synthesis features), followed by
-    the synthesis stream's ``f_y1, f_y2, f_y3`` when ``decoder_skips``."""
+    """The encoder: image -> ``[f_x4, f_y4]`` (recognition, synthesis
+    features), followed by the synthesis stream's ``f_y1, f_y2, f_y3`` when
+    ``decoder_skips``.
+
+    ``sharing`` ``"convflu"`` (the paper): two streams (``rec_b*``, ``syn_b*``)
+    with a ConvFLU transfer after each block; ``"hard"`` (ablation "w/o
+    ConvFLU"): one stream ``shared_b*`` feeds both the classifier and the
+    decoder (``f_x4 = f_y4``). ``synthesis`` False (ablation "w/o MTL"): the
+    recognition stream alone, outputs ``[f_x4]``.
+    """
     if len(cfg["filters"]) != 4:
         raise ValueError("fersnet: filters must have 4 entries (4 encoder blocks)")
+    sharing = cfg.get("sharing", "convflu")
+    if sharing not in SHARING:
+        raise ValueError(f"fersnet: sharing must be one of {SHARING}, got {sharing!r}")
     size = int(cfg["image_size"])
     image = keras.Input((size, size, 1), name="image")
+    m = cfg["bn_momentum"]
+    if not cfg.get("synthesis", True):
+        fx = image
+        for k, f in enumerate(cfg["filters"], 1):
+            fx = _block(fx, f, f"rec_b{k}", m)
+        return keras.Model(image, [fx], name="encoder")
     fx = fy = image
     skips = []
     syn_norm = cfg.get("synthesis_batchnorm", True)
     syn_leaky = cfg.get("synthesis_activation", "relu") == "leaky_relu"
     for k, f in enumerate(cfg["filters"], 1):
-        fx = _block(fx, f, f"rec_b{k}", cfg["bn_momentum"])
-        fy = _block(fy, f, f"syn_b{k}", cfg["bn_momentum"], syn_norm, syn_leaky)
-        fx, fy, *_ = ConvFLUTransfer(cfg["convflu_kernel"], return_gates=True,
-                                     name=f"transfer{k}")([fx, fy])
+        if sharing == "hard":
+            fx = fy = _block(fx, f, f"shared_b{k}", m)
+        else:
+            fx = _block(fx, f, f"rec_b{k}", m)
+            fy = _block(fy, f, f"syn_b{k}", m, syn_norm, syn_leaky)
+            fx, fy, *_ = ConvFLUTransfer(cfg["convflu_kernel"], return_gates=True,
+                                         name=f"transfer{k}")([fx, fy])
         skips.append(fy)
     outputs = [fx, fy] + (skips[:3] if cfg.get("decoder_skips") else [])
     return keras.Model(image, outputs, name="encoder")
@@ -80,6 +103,9 @@ def build_classifier(cfg: Dict[str, Any]) -> keras.Model:
     return keras.Model(feat, logits, name="classifier")
 
 
+DECODER_BLOCKS = ("paper", "up_conv")
+
+
 def decoder_takes_image(cfg: Dict[str, Any]) -> bool:
     """The image is a decoder input for the last skip and for the residual output."""
     return bool(cfg.get("decoder_skips") or cfg.get("residual_output"))
@@ -87,6 +113,11 @@ def decoder_takes_image(cfg: Dict[str, Any]) -> bool:
 
 def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
     """Label transformer + decoder: ``[f_y4, one_hot(t)] -> G(x, t)`` in [0, 1].
+
+    ``decoder_block`` ``"paper"`` (Sec. IV-A): each of the four blocks is
+    2 x (conv3x3-BN-ReLU) and a 2x2/2 transposed convolution in place of the
+    encoder's max pooling; ``"up_conv"`` (the small preset): transposed
+    conv-[BN]-act, [skip], conv3x3-[BN]-act.
 
     With ``decoder_skips`` the inputs also take ``f_y3, f_y2, f_y1`` (the
     synthesis features after transfers 3, 2, 1) and the image ``x``: decoder
@@ -124,7 +155,20 @@ def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
     m = cfg["bn_momentum"]
     norm = cfg.get("decoder_batchnorm", True)
     leaky = cfg.get("decoder_activation", "relu") == "leaky_relu"
+    block = cfg.get("decoder_block", "paper")
+    if block not in DECODER_BLOCKS:
+        raise ValueError(f"fersnet: decoder_block must be one of {DECODER_BLOCKS}, "
+                         f"got {block!r}")
     for k, df in enumerate(cfg["decoder_filters"], 1):
+        if block == "paper":
+            # the encoder block with its max pooling replaced by a 2x2/2 deconvolution
+            x = _conv_norm_act(x, df, f"dec{k}_1", m, norm, leaky)
+            x = _conv_norm_act(x, df, f"dec{k}_2", m, norm, leaky)
+            x = keras.layers.Conv2DTranspose(df, 2, strides=2, kernel_initializer="he_normal",
+                                             name=f"dec{k}_up")(x)
+            if skips_on:
+                x = keras.layers.Concatenate(name=f"dec{k}_skip")([x, lateral[k - 1]])
+            continue
         x = keras.layers.Conv2DTranspose(df, 2, strides=2, use_bias=not norm,
                                          kernel_initializer="he_normal", name=f"dec{k}_up")(x)
         x = _norm_act(x, f"dec{k}_up", m, norm, leaky)
@@ -140,16 +184,59 @@ def build_decoder(cfg: Dict[str, Any]) -> keras.Model:
     return keras.Model(inputs, out, name="decoder")
 
 
+DISC_CONDITIONING = ("concat", "projection")
+
+
+@keras.saving.register_keras_serializable(package="fermtl.fersnet")
+class LabelProjection(keras.layers.Layer):
+    """Projection conditioning of a patch discriminator (Miyato & Koyama,
+    ICLR 2018) per patch: ``<h[b, i, j, :], embedding[b, :]>`` -> ``[B, h, w, 1]``."""
+
+    def call(self, inputs):
+        features, embedding = inputs
+        return ops.sum(features * embedding[:, None, None, :], axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (1,)
+
+
 def build_discriminator(cfg: Dict[str, Any]) -> keras.Model:
-    """Label-conditioned PatchGAN: ``[image, one_hot(t)] -> patch logits``."""
+    """Label-conditioned PatchGAN (Isola et al.'s ``[7]``): ``[image, one_hot(t)]
+    -> patch logits``: conv4x4 (stride ``disc_strides``, default 2) [+ BN except
+    the first, ``disc_batchnorm``] + LeakyReLU(0.2) per ``disc_filters`` entry,
+    and a final conv (``disc_out_kernel``) to one logit per patch.
+    ``disc_conditioning`` ``"concat"``: the one-hot label tiled as extra input
+    channels; ``"projection"``: the logit plus the inner product of the last
+    features with a learnt embedding of the label (:class:`LabelProjection`)."""
     size = int(cfg["image_size"])
     image = keras.Input((size, size, 1), name="image")
     label = keras.Input((NUM_CLASSES,), name="target")
-    lmap = keras.layers.Reshape((1, 1, NUM_CLASSES), name="label_reshape")(label)
-    lmap = keras.layers.UpSampling2D(size, name="label_tile")(lmap)
-    x = keras.layers.Concatenate(name="concat")([image, lmap])
-    for k, f in enumerate(cfg["disc_filters"], 1):
-        x = keras.layers.Conv2D(f, 4, strides=2, padding="same", name=f"d{k}_conv")(x)
+    cond = cfg.get("disc_conditioning", "concat")
+    if cond not in DISC_CONDITIONING:
+        raise ValueError(f"fersnet: disc_conditioning must be one of {DISC_CONDITIONING}, "
+                         f"got {cond!r}")
+    x = image
+    if cond == "concat":
+        lmap = keras.layers.Reshape((1, 1, NUM_CLASSES), name="label_reshape")(label)
+        lmap = keras.layers.UpSampling2D(size, name="label_tile")(lmap)
+        x = keras.layers.Concatenate(name="concat")([image, lmap])
+    filters = list(cfg["disc_filters"])
+    strides = list(cfg.get("disc_strides") or [2] * len(filters))
+    if len(strides) != len(filters):
+        raise ValueError("fersnet: disc_strides must have one entry per disc_filters entry")
+    norm = bool(cfg.get("disc_batchnorm", False))
+    for k, (f, st) in enumerate(zip(filters, strides), 1):
+        use_bn = norm and k > 1
+        x = keras.layers.Conv2D(f, 4, strides=st, padding="same", use_bias=not use_bn,
+                                name=f"d{k}_conv")(x)
+        if use_bn:
+            x = keras.layers.BatchNormalization(momentum=cfg["bn_momentum"],
+                                                name=f"d{k}_bn")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"d{k}_lrelu")(x)
-    out = keras.layers.Conv2D(1, 3, padding="same", name="patch_logits")(x)
+    out = keras.layers.Conv2D(1, int(cfg.get("disc_out_kernel", 3)), padding="same",
+                              name="patch_logits")(x)
+    if cond == "projection":
+        emb = keras.layers.Dense(filters[-1], use_bias=False, name="label_embedding")(label)
+        out = keras.layers.Add(name="projected_logits")(
+            [out, LabelProjection(name="label_projection")([x, emb])])
     return keras.Model([image, label], out, name="discriminator")

@@ -1,5 +1,5 @@
 """Target expressions and same-face target images inside a training batch
-(package docstring, "Target selection")."""
+(docs/methods.md, FERSNet, target selection)."""
 
 from __future__ import annotations
 
