@@ -84,3 +84,39 @@ def au_metrics(aus_true, aus_mask, aus_score, threshold: float = 0.5) -> Optiona
     return {"au_accuracy": acc, "au_f1": f1,
             "au_mean_accuracy": float(np.mean([v for v in acc.values() if v is not None])),
             "au_mean_f1": float(np.mean([v for v in f1.values() if v is not None]))}
+
+
+#: 0-based iBUG indices of the outer eye corners (points 37 and 46, 1-based).
+OUTER_EYE_CORNERS = (36, 45)
+
+
+def landmark_nme(true, pred, mask, normalisation: str = "outer_corners") -> Optional[float]:
+    """Normalised mean error of 68-point landmarks, in % (Hu et al. Sec. 4.1, Table 6):
+    per face ``mean_k ||pred_k - true_k||_2 / d``, averaged over the faces with
+    ``mask > 0``. ``d`` is the inter-ocular distance ``||true_36 - true_45||``
+    (outer eye corners, 0-based) or, with ``normalisation="pupils"``, the distance
+    of the eye centres (means of points 36-41 and 42-47). ``true`` / ``pred``:
+    ``[N, 136]`` or ``[N, 68, 2]``; None when no face is labelled; a labelled face
+    with ``d = 0`` raises ValueError."""
+    n_points = contract.NUM_LANDMARKS
+    true = np.asarray(true, np.float64).reshape(-1, n_points, 2)
+    pred = np.asarray(pred, np.float64).reshape(-1, n_points, 2)
+    keep = np.asarray(mask).reshape(-1) > 0
+    if true.shape != pred.shape or keep.shape[0] != true.shape[0]:
+        raise ValueError(f"landmark_nme: shapes {true.shape}, {pred.shape}, mask {keep.shape}")
+    if not keep.any():
+        return None
+    true, pred = true[keep], pred[keep]
+    if normalisation == "outer_corners":
+        a, b = true[:, OUTER_EYE_CORNERS[0]], true[:, OUTER_EYE_CORNERS[1]]
+    elif normalisation == "pupils":
+        a, b = true[:, 36:42].mean(1), true[:, 42:48].mean(1)
+    else:
+        raise ValueError(f"normalisation must be 'outer_corners' or 'pupils', "
+                         f"got {normalisation!r}")
+    d = np.linalg.norm(a - b, axis=-1)
+    if np.any(d <= 0):
+        raise ValueError(f"landmark_nme: {int((d <= 0).sum())} labelled face(s) with "
+                         f"zero inter-ocular distance")
+    err = np.linalg.norm(pred - true, axis=-1).mean(-1) / d
+    return float(100.0 * err.mean())

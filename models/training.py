@@ -222,8 +222,12 @@ def evaluate(method: Method, model: keras.Model, cfg: Dict[str, Any],
     """Metrics of the inference model on labelled examples:
     ``models.metrics.emotion_metrics`` (accuracy, balanced accuracy, per-class
     recall/precision, confusion matrix, count) plus, when the method predicts
-    AUs and the examples have AU labels, ``models.metrics.au_metrics``."""
+    AUs and the examples have AU labels, ``models.metrics.au_metrics``, and when
+    it predicts landmarks and the examples have them, ``landmark_nme`` /
+    ``landmark_nme_pupils`` (``models.metrics.landmark_nme``, % of the
+    inter-ocular / inter-pupil distance) and ``num_landmark_examples``."""
     y, prob, aus, aus_true, aus_mask = [], [], [], [], []
+    lmk, lmk_true, lmk_mask = [], [], []
     for batch, out in predict(method, model, cfg, examples, batch_size):
         y.append(batch["emotion"])
         prob.append(out["probabilities"])
@@ -231,6 +235,10 @@ def evaluate(method: Method, model: keras.Model, cfg: Dict[str, Any],
             aus.append(out["aus"])
             aus_true.append(batch["aus"])
             aus_mask.append(batch["aus_mask"])
+        if "landmarks" in out:
+            lmk.append(out["landmarks"])
+            lmk_true.append(batch["landmarks"])
+            lmk_mask.append(batch["landmarks_mask"])
     if not y:
         raise ValueError("evaluate: no examples")
     result = metrics.emotion_metrics(np.concatenate(y), np.concatenate(prob))
@@ -239,6 +247,13 @@ def evaluate(method: Method, model: keras.Model, cfg: Dict[str, Any],
                                 np.concatenate(aus))
         if au:
             result.update(au)
+    if lmk:
+        true, pred, mask = (np.concatenate(v) for v in (lmk_true, lmk, lmk_mask))
+        nme = metrics.landmark_nme(true, pred, mask)
+        if nme is not None:
+            result.update(landmark_nme=nme,
+                          landmark_nme_pupils=metrics.landmark_nme(true, pred, mask, "pupils"),
+                          num_landmark_examples=int((mask.reshape(-1) > 0).sum()))
     return result
 
 

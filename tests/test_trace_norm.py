@@ -1,4 +1,17 @@
-"""Tensor trace norm (Hu et al. Eqs 1-3) tests: values, U V^T gradient, randomized SVD, training."""
+"""Tensor trace norms of Hu et al., "Deep Multi-Task Learning to Recognise Subtle Facial
+Expressions of Mental States" (ECCV 2018), Sec. 2.2, written from the paper:
+
+* Eq 1 (LAF): ``||W||_* = gamma ||W_(N)||_*``
+* Eq 2 (Tucker): ``||W||_* = sum_{i=1}^{N} gamma_i ||W_(i)||_*``
+* Eq 3 (TT): ``||W||_* = sum_{i=1}^{N-1} gamma_i ||W_[i]||_*``
+
+with ``W_(i) := reshape(permute(W, [i, 1, ..., i-1, i+1, ..., N]), [D_i, prod_{j!=i} D_j])``
+(mode-i flattening), ``W_[i] = reshape(W, [D_1 D_2 ... D_i, D_{i+1} ... D_N])`` and
+``||X||_* = sum_i sigma_i`` (the tasks index the last axis, ``D_N = T``); the
+sub-gradient of Sec. 2.2, "Optimisation": ``d||W||_*/dW = U_* V_*^T`` of the
+truncated SVD ``W = U_* Sigma_* V_*^T``. Each is checked on random tensors
+against NumPy and on a hand-computed case; then the randomized SVD and training.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +35,13 @@ def nuc(m):
 
 
 def np_unfold(w, i):
+    """``W_(i) = reshape(permute(W, [i, 1, .., i-1, i+1, .., N]), [D_i, prod_{j!=i} D_j])``."""
     return np.moveaxis(w, i, 0).reshape(w.shape[i], -1)
 
 
 def np_tensor_norm(w, kind, gammas=None):
+    """Eq 1 ``gamma ||W_(N)||_*``, Eq 2 ``sum_{i=1}^{N} gamma_i ||W_(i)||_*``, Eq 3
+    ``sum_{i=1}^{N-1} gamma_i ||W_[i]||_*`` (gamma not given by the paper: 1, 1/N, 1/(N-1))."""
     n = w.ndim
     if kind == "laf":
         return (1.0 if gammas is None else gammas[0]) * nuc(np_unfold(w, n - 1))
@@ -103,6 +119,54 @@ def test_tensor_trace_norms_match_numpy(kind, tasks):
                                      full_matrices=False)
             want += (u @ vt).reshape(w.shape) / (n - 1)
     np.testing.assert_allclose(grad, want, atol=1e-8)
+
+
+def test_trace_norm_and_subgradient_hand_computed():
+    """``||X||_* = sum_i sigma_i`` and ``d||W||_*/dW = U_* V_*^T`` (Sec. 2.2):
+    ``diag(2, -3)`` has singular values 2, 3 (norm 5) and ``U V^T = diag(1, -1)``;
+    ``[[3, 4]]`` has the one singular value 5 and ``U V^T = [[0.6, 0.8]]``."""
+    for svd in ("exact", "gram"):
+        for m, norm, uvt in (([[2.0, 0.0], [0.0, -3.0]], 5.0, [[1.0, 0.0], [0.0, -1.0]]),
+                             ([[3.0, 4.0]], 5.0, [[0.6, 0.8]])):
+            x = tf.constant(m, tf.float64)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = matrix_trace_norm(x, svd=svd)
+            assert float(value) == pytest.approx(norm, rel=1e-12)
+            np.testing.assert_allclose(tape.gradient(value, x).numpy(), uvt, atol=1e-12)
+
+
+def test_eq1_laf_hand_computed():
+    """Eq 1, ``gamma ||W_(N)||_*``: two tasks' kernels ``(1, 0)`` and ``(0, 2)`` stack to
+    ``W_(N) = [[1, 0], [0, 2]]``, norm 3; two equal kernels ``(1, 0)`` give the rank-1
+    ``[[1, 0], [1, 0]]``, norm sqrt(2) (the shared case is cheaper)."""
+    for svd in ("exact", "gram"):
+        w = tf.constant([[1.0, 0.0], [0.0, 2.0]], tf.float64)       # [D_1, T], tasks last
+        assert float(tensor_trace_norm(w, "laf", svd=svd)) == pytest.approx(3.0)
+        assert float(tensor_trace_norm(w, "laf", gammas=[0.5], svd=svd)) == pytest.approx(1.5)
+        same = tf.constant([[1.0, 1.0], [0.0, 0.0]], tf.float64)
+        assert float(tensor_trace_norm(same, "laf", svd=svd)) == pytest.approx(np.sqrt(2.0))
+        kernels = [tf.constant([1.0, 0.0], tf.float64), tf.constant([0.0, 2.0], tf.float64)]
+        assert float(laf_trace_norm(kernels, svd=svd)) == pytest.approx(3.0)
+
+
+def test_eq2_eq3_tucker_and_tt_hand_computed():
+    """``W`` of size 2 x 2 x 2 with task 1's slice ``I_2`` and task 2's zero.
+    Eq 2: ``W_(1)`` and ``W_(2)`` have singular values (1, 1), ``W_(3)`` the one value
+    sqrt(2), so with ``gamma_i = 1/3`` the norm is ``(2 + 2 + sqrt 2) / 3``.
+    Eq 3: ``W_[1]`` (2 x 4) has singular values (1, 1), ``W_[2]`` (4 x 2) the one value
+    sqrt(2): with ``gamma_i = 1/2`` the norm is ``(2 + sqrt 2) / 2``."""
+    w = np.zeros((2, 2, 2))
+    w[:, :, 0] = np.eye(2)
+    for svd in ("exact", "gram"):
+        assert float(tensor_trace_norm(tf.constant(w), "tucker", svd=svd)) == \
+            pytest.approx((4.0 + np.sqrt(2.0)) / 3.0)
+        assert float(tensor_trace_norm(tf.constant(w), "tt", svd=svd)) == \
+            pytest.approx((2.0 + np.sqrt(2.0)) / 2.0)
+        assert float(tensor_trace_norm(tf.constant(w), "tucker", gammas=[1.0, 0.0, 0.0],
+                                       svd=svd)) == pytest.approx(2.0)
+        assert float(tensor_trace_norm(tf.constant(w), "tt", gammas=[0.0, 1.0],
+                                       svd=svd)) == pytest.approx(np.sqrt(2.0))
 
 
 @pytest.mark.parametrize("tasks", [2, 3])

@@ -6,7 +6,8 @@ Backpropagation" (ICML 2015), Eq 13 (pseudo-function ``R_lambda``):
 pass; and Sec. 5 (schedule) ``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` with
 ``gamma = 10`` and ``p`` the training progress in [0, 1].  Used by the
 invariant-representation (domain-adversarial) branch of the multi-task
-networks.
+networks: in the trace-norm method it turns Hu et al.'s (ECCV 2018) Eq 4,
+``max_Theta min_Phi l(g_Phi(Z), y)``, into one minimisation (``models/tracenorm``).
 """
 
 from __future__ import annotations

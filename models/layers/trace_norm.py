@@ -1,7 +1,8 @@
 """Tensor trace norm regularisation for deep multi-task learning.
 
 Seed paper: Hu et al., "Deep Multi-Task Learning to Recognise Subtle Facial
-Expressions of Mental States" (ECCV 2018), Sec. 3 (tensor trace norm, Eqs 1-3),
+Expressions of Mental States" (ECCV 2018), Sec. 2.2 (tensor trace norms,
+Eqs 1-3, and the ``U V^T`` sub-gradient),
 following Yang & Hospedales, "Trace Norm Regularised Deep Multi-Task Learning"
 (ICLR-W 2017).  For one layer, the kernels of the T task networks (identical
 shape ``d_1 x ... x d_{N-1}``) are stacked on a new LAST axis into the N-way
