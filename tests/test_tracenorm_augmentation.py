@@ -70,14 +70,15 @@ def test_ibug_flip_permutation():
 
 def test_hand_made_landmark_moves():
     """Flip: x -> 1 - x and the renumbering; 90 degrees about the centre (y down):
-    (0.75, 0.5) -> (0.5, 0.75); scale 2: (0.75, 0.5) -> (1.0, 0.5); shift adds."""
-    lm = one_face({36: (0.2, 0.3), 45: (0.6, 0.35), 30: (0.75, 0.5)})
+    (0.75, 0.5) -> (0.5, 0.75) and (0.5, 0.25) -> (0.75, 0.5); scale 2: (0.75, 0.5) -> (1.0, 0.5); shift adds."""
+    lm = one_face({36: (0.2, 0.3), 45: (0.6, 0.35), 30: (0.75, 0.5), 33: (0.5, 0.25)})
     out = np.asarray(transform_landmarks(lm, *params(flip=1.0))).reshape(68, 2)
     np.testing.assert_allclose(out[45], (0.8, 0.3), atol=1e-6)   # old 36, mirrored
     np.testing.assert_allclose(out[36], (0.4, 0.35), atol=1e-6)  # old 45, mirrored
     np.testing.assert_allclose(out[30], (0.25, 0.5), atol=1e-6)
     rot = np.asarray(transform_landmarks(lm, *params(angle=math.pi / 2))).reshape(68, 2)
     np.testing.assert_allclose(rot[30], (0.5, 0.75), atol=1e-6)
+    np.testing.assert_allclose(rot[33], (0.75, 0.5), atol=1e-6)
     big = np.asarray(transform_landmarks(lm, *params(scale=2.0))).reshape(68, 2)
     np.testing.assert_allclose(big[30], (1.0, 0.5), atol=1e-6)
     np.testing.assert_allclose(big[36], (-0.1, 0.1), atol=1e-6)
