@@ -21,20 +21,25 @@ Steps (:func:`run_benchmark`):
 
 3. **Runs.** Each (method, fold) is fitted by the training core
    (``models.training.fit``, as the TFX Trainer does) into
-   ``OUT/runs/<method>/<fold>/``, resumable (Keras ``BackupAndRestore``; a
-   finished run's ``result.json`` is reused). ``minutes`` sets a per-run CPU
+   ``OUT/runs/<method>/<fold>/``, resumable (Keras ``BackupAndRestore``). A
+   finished fold whose ``result.json`` (there, or in the committed results
+   folder) has the same settings and method-code fingerprints is reused; other
+   fingerprints rerun it (``benchmarks/resume.py``). ``minutes`` sets a per-run CPU
    budget: a short calibration measures the method's training images/s and
    the epoch count is chosen to fit, so learning-rate schedules complete; a
    wall-clock guard stops a run that overshoots by a quarter. The score is
    ``models.training.evaluate`` (the accuracy the Evaluator's TFMA reports).
 4. **Outputs.** Per run: ``result.json``, ``predictions.npz`` and figures
    (``benchmarks/run_figures.py``). Per benchmark: ``results.md`` /
-   ``results.csv`` (``benchmarks/tables.py``), accuracy bars.
+   ``results.csv`` (``benchmarks/tables.py``), accuracy bars. With a results
+   folder, each fold's ``result.json``, ``predictions.csv`` and confusion
+   matrix are also written there as it finishes (to commit; no weights).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -55,7 +60,7 @@ from models.trainer_module import dataset_vocabulary
 from pipeline import artifacts, figures
 from pipeline.config import DEFAULT_BEAM_ARGS
 from pipeline.pipeline import data_pipeline
-from benchmarks import run_figures
+from benchmarks import resume, run_figures
 from benchmarks.tables import (BenchmarkError, git_commit, hardware, resolve_methods,
                                summarize, write_table)
 
@@ -79,6 +84,7 @@ class PreparedData:
     files: Dict[str, List[str]]          # split -> file patterns
     datasets: List[str]                  # Transform's dataset vocabulary
     counts: Dict[str, Any]               # FaceIngestion's counts (quarantine included)
+    spec_json: str = ""                  # the data spec it was made from
 
     def examples(self, splits: Sequence[str] = ("train", "eval"),
                  keep: Optional[Callable] = None) -> tf.data.Dataset:
@@ -112,7 +118,7 @@ def prepare_data(spec: DataSpec, data_dir: str, image_size: int,
         image_size=int(image_size), tft_output=tft_output,
         accessor=artifacts.data_accessor(examples),
         files={s: artifacts.split_pattern(examples, s) for s in ("train", "eval")},
-        datasets=dataset_vocabulary(tft_output), counts=counts)
+        datasets=dataset_vocabulary(tft_output), counts=counts, spec_json=spec.to_json())
 
 
 # --------------------------------------------------------------------------- #
@@ -128,6 +134,7 @@ class Fold:
     train_keep: Optional[Callable] = None
     test_keep: Optional[Callable] = None
     sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    protocol: str = ""
 
     def train(self, data: PreparedData) -> tf.data.Dataset:
         return data.examples(self.train_splits, self.train_keep)
@@ -141,17 +148,22 @@ class Fold:
                 f"subjects), test {s.get('test', '?')} ({s.get('test_subjects', '?')} subjects)")
 
 
-def _sizes(examples: tf.data.Dataset) -> Dict[str, int]:
-    """Examples, distinct subjects (unknown subjects count one each) and
-    emotion-labelled examples of a selection."""
-    subjects, n, labelled = set(), 0, 0
-    for b in examples.map(lambda e: {k: e[k] for k in ("subject_id", "emotion")}).batch(4096):
-        sid = b["subject_id"].numpy()
-        n += len(sid)
-        labelled += int((b["emotion"].numpy() >= 0).sum())
-        subjects.update(int(x) for x in sid if x >= 0)
-        subjects.update(("unknown", n - i) for i, x in enumerate(sid) if x < 0)
-    return {"n": n, "subjects": len(subjects), "labelled": labelled}
+def _sizes(examples: tf.data.Dataset) -> Dict[str, Any]:
+    """Examples, distinct subjects (unknown subjects count one each),
+    emotion-labelled examples of a selection, and ``members``: a digest of its
+    sorted (dataset, subject, emotion) triples (benchmarks/resume.py)."""
+    keys = ("dataset_id", "subject_id", "emotion")
+    cols: Dict[str, List[np.ndarray]] = {k: [] for k in keys}
+    for b in examples.map(lambda e: {k: e[k] for k in keys}).batch(4096):
+        for k in keys:
+            cols[k].append(b[k].numpy().astype(np.int64).reshape(-1))
+    dataset, sid, emotion = (np.concatenate(cols[k]) if cols[k] else np.zeros(0, np.int64)
+                             for k in keys)
+    triples = np.stack([dataset, sid, emotion], 1)
+    triples = triples[np.lexsort(triples.T[::-1])]
+    return {"n": len(sid), "labelled": int((emotion >= 0).sum()),
+            "subjects": len(set(sid[sid >= 0].tolist())) + int((sid < 0).sum()),
+            "members": hashlib.sha256(triples.tobytes()).hexdigest()[:16]}
 
 
 def _is_in(key: str, values: Sequence[int]):
@@ -195,8 +207,10 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
                       test_keep=_is_in("dataset_id", [present.index(d) for d in test_datasets]))]
     for fold in folds:
         tr, te = _sizes(fold.train(data)), _sizes(fold.test(data))
+        fold.protocol = protocol
         fold.sizes = {"train": tr["n"], "train_subjects": tr["subjects"], "test": te["n"],
-                      "test_subjects": te["subjects"], "test_labelled": te["labelled"]}
+                      "test_subjects": te["subjects"], "test_labelled": te["labelled"],
+                      "train_members": tr["members"], "test_members": te["members"]}
         if not tr["n"] or not te["n"]:
             raise BenchmarkError(
                 f"{protocol}: {fold.name} has an empty {'train' if not tr['n'] else 'test'} side"
@@ -296,24 +310,55 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
             preset: str = "small", overrides: Optional[Mapping[str, Any]] = None,
             epochs: Optional[int] = None, minutes: Optional[float] = None, seed: int = 0,
             figures_on: bool = True, provenance: Optional[Mapping[str, str]] = None,
-            redo_figures: bool = False) -> Dict[str, Any]:
+            redo_figures: bool = False, results_dir: Optional[str] = None) -> Dict[str, Any]:
     """Fit, evaluate and plot one method on one fold; returns its result row.
 
     ``epochs``: the epoch count (default: the preset's, or calibrated from
-    ``minutes`` when given). Reuses ``run_dir/result.json`` when present
-    (``redo_figures``: then rebuilds the model from its weights and redraws the
-    figures); resumes from ``run_dir/checkpoints`` otherwise.
+    ``minutes`` when given). ``results_dir``: the committed results folder;
+    the finished fold's copy goes to ``results_dir/<method>/<fold>``
+    (:func:`benchmarks.resume.publish`).
+
+    A ``result.json`` in ``run_dir`` or in the committed folder made with the
+    same settings and method code (:func:`benchmarks.resume.fingerprint`) is
+    reused (``redo_figures``: the model is rebuilt from ``run_dir``'s weights
+    and the figures redrawn); one with other fingerprints is rerun, and a
+    stopped run of the same fingerprints resumes from ``run_dir/checkpoints``.
     """
-    result_path = os.path.join(run_dir, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            log.info("%s/%s: finished earlier, reusing %s", method_name, fold.name, result_path)
-            row = json.load(f)
-        if redo_figures:
-            row = redo_run_figures(row, fold, data, run_dir)
-        return row
-    os.makedirs(run_dir, exist_ok=True)
     overrides = dict(overrides or {})
+    fp = resume.fingerprint(method_name, resume.run_settings(
+        method_name, fold, data, preset, overrides, epochs, minutes, seed))
+    result_path = os.path.join(run_dir, "result.json")
+    committed = os.path.join(results_dir, method_name, fold.name) if results_dir else None
+    found_row, found, why = resume.reusable(
+        [result_path] + ([os.path.join(committed, "result.json")] if committed else []), fp)
+    if found_row is not None:
+        log.info("%s/%s: finished earlier with the same settings and method code, reusing %s",
+                 method_name, fold.name, found)
+        return _reuse(found_row, found == result_path, fold, data, run_dir, committed,
+                      redo_figures)
+    if why:
+        log.info("%s/%s: rerunning, %s: %s", method_name, fold.name, found, why)
+    resume.start_run(run_dir, fp)
+    row = dict(train_fold(method_name, fold, data, run_dir, preset, overrides, epochs, minutes,
+                          seed, figures_on),
+               **dict(provenance or {}),
+               **{k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "settings",
+                                     "code_files")})
+    with open(result_path, "w") as f:
+        json.dump(row, f, indent=2, default=float)
+    if committed:
+        resume.publish(row, run_dir, committed, data.datasets)
+    log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", method_name, fold.name,
+             row["accuracy"], row["balanced_accuracy"], row["train_seconds"])
+    return row
+
+
+def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, preset: str,
+               overrides: Mapping[str, Any], epochs: Optional[int], minutes: Optional[float],
+               seed: int, figures_on: bool) -> Dict[str, Any]:
+    """The work of :func:`run_one`: fit (resuming from ``run_dir/checkpoints``),
+    save the weights, config and ``predictions.npz``, evaluate, draw the figures;
+    returns the row's numbers."""
     method = get_method(method_name)
     cfg = method.config(preset, **overrides)
     cfg["datasets"] = list(data.datasets)
@@ -355,7 +400,7 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
     np.savez_compressed(os.path.join(run_dir, "predictions.npz"), **arrays)
     row: Dict[str, Any] = {
         "method": method_name, "preset": preset, "fold": fold.name,
-        "overrides": overrides, "image_size": int(cfg["image_size"]),
+        "overrides": dict(overrides), "image_size": int(cfg["image_size"]),
         "params": int(model.count_params()), "epochs": plan["epochs"],
         "stopped_by_budget": bool(budget is not None and model.stop_training),
         "train_seconds": round(float(train_s), 1),
@@ -365,15 +410,26 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
         **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall",
                                    "confusion_matrix", "num_examples")},
         **{k: metrics[k] for k in ("au_mean_f1", "au_mean_accuracy") if k in metrics},
-        **dict(provenance or {}),
     }
     if figures_on:
         row["figures"] = run_figures.draw(method_name, method, model, cfg, fold.name, arrays,
                                           run_dir)
-    with open(result_path, "w") as f:
-        json.dump(row, f, indent=2, default=float)
-    log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", method_name, fold.name,
-             row["accuracy"], row["balanced_accuracy"], row["train_seconds"])
+    return row
+
+
+def _reuse(row: Dict[str, Any], in_run_dir: bool, fold: Fold, data: PreparedData,
+           run_dir: str, committed: Optional[str], redo_figures: bool) -> Dict[str, Any]:
+    """A finished fold's row: figures redrawn when asked (needs ``run_dir``'s
+    weights of that run), the committed copy refreshed from ``run_dir``."""
+    if redo_figures and in_run_dir:
+        row = redo_run_figures(row, fold, data, run_dir)
+    elif redo_figures:
+        log.warning("%s/%s: the result is the committed one; %s has no weights of it, "
+                    "figures not redrawn", row["method"], fold.name, run_dir)
+    if not in_run_dir:
+        return resume.committed_row(row, committed)
+    if committed:
+        resume.publish(row, run_dir, committed, data.datasets)
     return row
 
 
@@ -426,12 +482,18 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                   minutes: Optional[float] = None, seed: int = 0, folds_limit: Optional[int] = None,
                   beam_args: Optional[Sequence[str]] = None, figures_on: bool = True,
                   seed_reported: Optional[Mapping[str, str]] = None,
-                  redo_figures: bool = False) -> Dict[str, Any]:
+                  redo_figures: bool = False,
+                  results_dir: Optional[str] = None) -> Dict[str, Any]:
     """Run the benchmark; returns ``{"rows", "table", "figures"}``.
 
     ``method_settings``: method -> ``{"preset", "overrides", "epochs",
     "minutes"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``.
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
+    ``results_dir``: the committed results folder (e.g. ``docs/results/...``):
+    every fold's ``result.json``, ``predictions.csv`` and confusion matrix go
+    to ``results_dir/<method>/<fold>/`` as it finishes, the table to
+    ``results_dir/results.md``; a fold found there with the same settings and
+    method code is not rerun.
     """
     if protocol not in PROTOCOLS:
         raise BenchmarkError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
@@ -464,12 +526,15 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                 preset=setting.get("preset", preset), overrides=setting.get("overrides", {}),
                 epochs=setting.get("epochs", epochs), minutes=setting.get("minutes", minutes),
                 seed=seed, figures_on=figures_on, provenance=provenance,
-                redo_figures=redo_figures and figures_on))
+                redo_figures=redo_figures and figures_on, results_dir=results_dir))
     notes = [f"Protocol: {protocol} ({'; '.join(f.describe() for f in first)}).",
              f"Data: {counts.get('total', '?')} faces after ingestion, "
              f"{counts.get('quarantined', 0)} inputs quarantined."]
     table = write_table(rows, out_dir, title=f"fermtl benchmark — {protocol}",
                         seed_reported=seed_reported, notes=notes)
+    if results_dir:
+        write_table(rows, results_dir, title=f"fermtl benchmark — {protocol}",
+                    seed_reported=seed_reported, notes=notes)
     extra = {}
     if figures_on:
         extra["accuracy"] = figures.accuracy_bars(summarize(rows),

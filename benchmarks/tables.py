@@ -165,17 +165,25 @@ SETTING_KEYS = ("preset", "overrides", "epochs", "minutes")
 
 
 def load_settings(path: str) -> Dict[str, Any]:
-    """Benchmark settings YAML -> ``{"methods": {...}, "seed_reported": {...}}``.
+    """Benchmark settings YAML -> ``{"methods": {...}, "seed_reported": {...},
+    "results": folder or None}``.
 
-    Validates the keys so a typo fails before an hour of training, not after.
+    ``results``: the committed results folder of the finished folds
+    (``benchmarks/resume.py``); a relative path resolves against the YAML's
+    folder, as a data spec's paths do. Validates the keys so a typo fails
+    before an hour of training, not after.
     """
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise BenchmarkError(f"{path}: expected a mapping with 'methods' / 'seed_reported'")
-    unknown = sorted(set(raw) - {"methods", "seed_reported"})
+    unknown = sorted(set(raw) - {"methods", "seed_reported", "results"})
     if unknown:
-        raise BenchmarkError(f"{path}: unknown keys {unknown} (known: methods, seed_reported)")
+        raise BenchmarkError(f"{path}: unknown keys {unknown} "
+                             "(known: methods, seed_reported, results)")
+    results = raw.get("results")
+    if results is not None and (not isinstance(results, str) or not results.strip()):
+        raise BenchmarkError(f"{path}: results: a folder path, got {results!r}")
     methods = raw.get("methods") or {}
     known = set(registry.method_names())
     for name, setting in methods.items():
@@ -188,4 +196,6 @@ def load_settings(path: str) -> Dict[str, Any]:
         if "preset" in (setting or {}):
             registry.get_method(name).config(setting["preset"], **(setting.get("overrides") or {}))
     return {"methods": {k: dict(v or {}) for k, v in methods.items()},
-            "seed_reported": dict(raw.get("seed_reported") or {})}
+            "seed_reported": dict(raw.get("seed_reported") or {}),
+            "results": (os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                      results)) if results else None)}

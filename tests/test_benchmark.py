@@ -170,7 +170,7 @@ def test_fersnet_figures_write_pngs(tmp_path):
     _png_ok(figures.synthesis_grid_plot(model, faces, tmp_path / "grid.png"))
 
 
-def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
+def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     from pipeline import cli
 
     spec = tmp_path / "spec.yaml"
@@ -183,9 +183,10 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
         "              domains: [lab], emotions: [anger, happiness, surprise]}\n"
         "image_size: 48\n"
         "detector: none\n")
-    out = tmp_path / "bench"
+    out, committed = tmp_path / "bench", tmp_path / "docs_results"
     argv = ["benchmark", "--data", str(spec), "--methods", "baseline", "--protocol", "kfold",
-            "--k", "3", "--folds", "2", "--epochs", "1", "--out", str(out)]
+            "--k", "3", "--folds", "2", "--epochs", "1", "--out", str(out),
+            "--results", str(committed)]
     assert cli.main(argv) == 0
     md = (out / "results.md").read_text()
     assert "| baseline | small |" in md and "±" in md and "kfold" in md
@@ -196,6 +197,11 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
         for name in ("confusion", "tsne"):
             _png_ok(r["figures"][name])
         assert os.path.exists(out / "runs" / "baseline" / r["fold"] / "checkpoints")
+        kept = committed / "baseline" / r["fold"]                     # the committed copy
+        assert sorted(os.listdir(kept)) == ["confusion.png", "predictions.csv", "result.json"]
+        assert len((kept / "predictions.csv").read_text().splitlines()) == r["test_images"] + 1
+        assert json.loads((kept / "result.json").read_text())["accuracy"] == r["accuracy"]
+    assert "| baseline | small |" in (committed / "results.md").read_text()
     _png_ok(out / "accuracy.png")
     first = (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime
     capsys.readouterr()
@@ -211,6 +217,14 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys):
     fold0 = B.make_folds(data, "kfold", k=3)[0]
     _check_rebuilt_run_serves_raw_images(out / "runs" / "baseline" / "fold0", fold0.test(data),
                                          tmp_path)
+
+    import shutil
+
+    shutil.rmtree(out / "runs")                  # stopped on another machine: the commit stays
+    monkeypatch.setattr(B, "train_fold", lambda *a, **k: pytest.fail("trained a committed fold"))
+    assert cli.main(argv) == 0
+    assert [r["accuracy"] for r in json.loads((out / "rows.json").read_text())] == [
+        r["accuracy"] for r in rows]
 
 
 def _check_rebuilt_run_serves_raw_images(run_dir, examples, tmp_path):
@@ -275,3 +289,122 @@ def test_every_method_rebuilds_from_its_run_weights(method, prepared, tmp_path):
                                 training.predict(m, model, cfg, fold.test(prepared))])
         np.testing.assert_allclose(probs, np.load(run_dir / "predictions.npz")["probabilities"],
                                    atol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# runs that survive a stop (benchmarks/resume.py)
+# --------------------------------------------------------------------------- #
+def _fake_training(monkeypatch):
+    """``train_fold`` replaced by a stand-in that records its calls and leaves what
+    a real run leaves for the committed copy (``predictions.npz``, a confusion PNG)."""
+    calls = []
+
+    def fake(method_name, fold, data, run_dir, preset, overrides, epochs, minutes, seed,
+             figures_on):
+        calls.append(dict(overrides))
+        test = fold.test(data)
+        emotion, dataset_id = _column(test, "emotion"), _column(test, "dataset_id")
+        probs = np.full((len(emotion), len(contract.EMOTIONS)), 0.1)
+        probs[np.arange(len(emotion)), (emotion + len(calls)) % 7] = 0.3
+        probs /= probs.sum(1, keepdims=True)
+        np.savez_compressed(os.path.join(run_dir, "predictions.npz"), emotion=emotion,
+                            dataset_id=dataset_id, probabilities=probs)
+        cm = figures.confusion_matrix_plot(emotion, probs.argmax(-1),
+                                           os.path.join(run_dir, "confusion.png"))
+        return {"method": method_name, "fold": fold.name, "preset": preset,
+                "accuracy": float((probs.argmax(-1) == emotion).mean()),
+                "balanced_accuracy": 0.0, "train_seconds": 0.0, "figures": {"confusion": cm}}
+
+    monkeypatch.setattr(B, "train_fold", fake)
+    return calls
+
+
+def test_resume_reruns_a_fold_only_when_its_settings_or_method_code_change(
+        prepared, tmp_path, monkeypatch, caplog):
+    from benchmarks import resume
+
+    (fold,) = B.make_folds(prepared, "holdout")
+    calls = _fake_training(monkeypatch)
+    method_file, unrelated = tmp_path / "method.py", tmp_path / "training.py"
+    method_file.write_text("LR = 0.1\n")
+    unrelated.write_text("STEPS = 1\n")
+    monkeypatch.setattr(resume, "method_sources", lambda name: [str(method_file)])
+    out, committed = tmp_path / "out", tmp_path / "committed"
+
+    def run(**overrides):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="fermtl.benchmark"):
+            return B.run_one("baseline", fold, prepared, str(out), epochs=2, figures_on=True,
+                             overrides=overrides, results_dir=str(committed))
+
+    first = run()
+    assert len(calls) == 1
+    saved = json.loads((committed / "baseline" / "holdout" / "result.json").read_text())
+    assert saved["settings_fingerprint"] == first["settings_fingerprint"]
+    assert saved["settings"]["fold_members"]["test"] == fold.sizes["test"]
+    assert saved["settings"]["protocol"] == "holdout" and saved["figures"] == {
+        "confusion": "confusion.png"}
+    _png_ok(committed / "baseline" / "holdout" / "confusion.png")
+    with open(committed / "baseline" / "holdout" / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == fold.sizes["test"]
+    assert list(table[0])[:4] == ["index", "dataset", "emotion", "predicted"]
+    assert table[0]["dataset"] in prepared.datasets and table[0]["emotion"] in contract.EMOTIONS
+    assert all(len(table[0][f"p_{e}"].split(".")[1]) == 4 for e in contract.EMOTIONS)
+
+    assert run()["accuracy"] == first["accuracy"] and len(calls) == 1          # same: skipped
+    unrelated.write_text("STEPS = 2\n")                                        # elsewhere
+    run()
+    assert len(calls) == 1
+    run(lr=0.5)                                                                # a setting
+    assert calls[-1] == {"lr": 0.5} and len(calls) == 2
+    assert 'settings changed (overrides: {} -> {"lr": 0.5})' in caplog.text
+    run(lr=0.5)
+    assert len(calls) == 2
+    (out / "checkpoints").mkdir()                          # a stopped run of the old code
+    method_file.write_text("LR = 0.2\n")                                       # the method
+    run(lr=0.5)
+    assert len(calls) == 3 and "method code changed" in caplog.text
+    assert "settings changed" not in caplog.text
+    assert not (out / "checkpoints").exists()              # not resumed under the new code
+
+    import shutil
+
+    shutil.rmtree(out)                                     # a new machine: only the commit
+    again = run(lr=0.5)
+    assert len(calls) == 3 and "reusing " + str(committed) in caplog.text
+    assert again["figures"]["confusion"] == str(committed / "baseline" / "holdout"
+                                                / "confusion.png")
+    assert again["code_fingerprint"] == json.loads(
+        (committed / "baseline" / "holdout" / "result.json").read_text())["code_fingerprint"]
+
+
+def test_method_code_is_the_methods_own_module_or_package():
+    from benchmarks import resume
+    from models import registry
+
+    root = resume.REPO_ROOT
+    assert list(resume.code_files("baseline")) == ["models/baseline.py"]
+    fersnet = sorted(os.path.relpath(os.path.join(d, n), root)
+                     for d, _, names in os.walk(os.path.join(root, "models", "fersnet"))
+                     for n in names if n.endswith(".py"))
+    assert list(resume.code_files("fersnet")) == fersnet and len(fersnet) > 1
+    for name in registry.method_names():
+        files = resume.code_files(name)
+        assert files and all(f.startswith("models/") for f in files)
+        assert "models/training.py" not in files and "models/registry.py" not in files
+    spec = json.dumps({"sources": [{"path": os.path.join(root, "..", "shared", "fer2013"),
+                                    "au_table": {"path": os.path.join(root, "x", "facs.csv")}},
+                                   {"path": None}]})
+    assert resume.portable_spec(spec)["sources"][0] == {"path": "../shared/fer2013",
+                                                        "au_table": {"path": "x/facs.csv"}}
+
+
+def test_benchmark_settings_results_folder_resolves_against_the_yaml(tmp_path):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "s.yaml"
+    path.write_text("methods: {baseline: {epochs: 1}}\nresults: ../docs/results/x\n")
+    assert tables.load_settings(str(path))["results"] == str(tmp_path / "docs" / "results" / "x")
+    path.write_text("results: 3\n")
+    with pytest.raises(tables.BenchmarkError, match="results: a folder path"):
+        tables.load_settings(str(path))

@@ -5,13 +5,20 @@ k-fold, cross-dataset); writes a results table and the seeds' figures.
         --protocol holdout --settings pipeline/configs/benchmarks/fer2013.yaml --out runs/bench
 
 ``--settings`` is an optional YAML with per-method ``preset`` / ``overrides`` /
-``epochs`` / ``minutes`` and the numbers each seed paper reports::
+``epochs`` / ``minutes``, the numbers each seed paper reports, and the committed
+results folder (relative to the YAML's folder; ``--results`` overrides it)::
 
     methods:
       baseline: {preset: paper, minutes: 15}
       fersnet: {preset: small, overrides: {image_size: 48}, minutes: 15}
     seed_reported:
       ddmtl: "CK+ 99.2 % (10-fold)"
+    results: ../../../docs/results/ckplus_kfold
+
+Each finished fold's ``result.json``, ``predictions.csv`` and confusion matrix go
+to ``RESULTS/<method>/<fold>/`` (commit them). Rerunning the same command skips
+every fold whose result there (or in ``--out``) was made with the same settings
+and the same method code, and reruns the others (benchmarks/resume.py).
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ def register(sub) -> None:
                         "it (overrides --settings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output folder (resumable)")
+    p.add_argument("--results",
+                   help="committed results folder: each finished fold's result.json, "
+                        "predictions.csv and confusion matrix go to RESULTS/<method>/<fold>/; "
+                        "a fold there with the same settings and method code is skipped "
+                        "(overrides the settings file's 'results')")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--redo-figures", action="store_true",
                    help="finished runs: rebuild each model from its weights and redraw "
@@ -90,7 +102,9 @@ def cmd_benchmark(args) -> int:
             method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
             figures_on=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
-            redo_figures=args.redo_figures)
+            redo_figures=args.redo_figures,
+            results_dir=(os.path.abspath(args.results) if args.results
+                         else settings.get("results")))
     except BenchmarkError as exc:
         raise SystemExit(f"benchmark: {exc}")
     print(f"\nresults: {result['table']['markdown']} and {result['table']['csv']}\n")
