@@ -48,6 +48,7 @@ class ComponentLines(logging.Handler):
         self.figure = ""
         self.lines = 0
         self.epoch, self.epochs = 0, 0
+        self.epoch_figures = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,6 +65,8 @@ class ComponentLines(logging.Handler):
                 self.out.flush()
         elif finished and finished.group(1) == self.current:
             seconds = time.perf_counter() - self.started
+            if not self.figure and self.epoch:     # training: its last epoch's figures
+                self.figure = f"{self.epoch} epochs  {self.epoch_figures}".rstrip()
             tail = " (cached)" if self.cached else (f"  {self.figure}" if self.figure else "")
             start = "\r\x1b[K" if self.out.isatty() else ""
             self.out.write(f"{start}{self.current:<24s} {seconds:7.1f} s{tail}\n")
@@ -89,9 +92,9 @@ class ComponentLines(logging.Handler):
         done = round(BAR_WIDTH * self.epoch / self.epochs)
         shown = ["loss"] + [k for k in ("val_loss",) if k in metrics]
         shown += [k for k in metrics if k.startswith("val_") and "acc" in k][:1]
-        figures = "  ".join(f"{k} {metrics[k]}" for k in shown if k in metrics)
+        self.epoch_figures = "  ".join(f"{k} {metrics[k]}" for k in shown if k in metrics)
         line = (f"{self.current:<24s} [{'#' * done}{'.' * (BAR_WIDTH - done)}] "
-                f"epoch {self.epoch}/{self.epochs}  {figures}".rstrip())
+                f"epoch {self.epoch}/{self.epochs}  {self.epoch_figures}".rstrip())
         if self.out.isatty():
             self.out.write(f"\r{line}\x1b[K")
         else:

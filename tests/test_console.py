@@ -103,7 +103,10 @@ def test_training_epochs_are_one_progress_bar(tmp_path, console, capsys, epochs)
         assert line.startswith("Trainer ") and f"[{'#' * done}{'.' * (20 - done)}]" in line
         assert f"epoch {k}/{epochs}  loss " in line and "val_loss " in line
         assert "val_accuracy " in line
-    assert printed[-1].startswith("Trainer ") and printed[-1].rstrip().endswith(" s")
+    # The component's line sums training up with the last epoch's figures.
+    last = printed[-2].split(f"epoch {epochs}/{epochs}  ")[1]
+    assert printed[-1].startswith("Trainer ") and printed[-1].endswith(
+        f" s  {epochs} epochs  {last}")
     assert "Epoch" not in capsys.readouterr().out, "Keras printed to the console"
     logged = open(path).read()
     assert "2/2 - " in logged and "val_accuracy:" in logged
@@ -118,7 +121,7 @@ def test_progress_bar_updates_in_place_on_a_terminal(tmp_path, console):
     with quiet_run(str(tmp_path / "t.log"), out=out):
         _tiny_fit(3)
     text = out.getvalue()
-    assert text.count("\n") == 1 and text.endswith(" s\n")     # a single line in the end
+    assert text.count("\n") == 1 and " s  3 epochs  loss " in text    # one line in the end
     frames = text.split("\r")
     assert frames[0] == "Trainer ..."
     assert [f.split("epoch ")[1][:3] for f in frames[1:4]] == ["1/3", "2/3", "3/3"]
