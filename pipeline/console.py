@@ -3,8 +3,10 @@
 :func:`quiet_run` sends every log record (TFX/absl, Beam, TF, our own,
 Python warnings) to a file under the run, and prints one line per component
 instead: its name, seconds, whether it was cached and its key figure (the
-summary line our component code logs). Keras still prints one line per
-training epoch. ``-v`` keeps the full log on the console as well.
+summary line our component code logs). Keras's own output (its per-epoch
+lines) is sent to the log too, and training epochs show as one progress bar
+(updated in place on a terminal, a plain line per epoch otherwise). ``-v``
+keeps the full log on the console as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from typing import Dict, Optional, TextIO
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
 _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
 _CACHED = re.compile(r"^A cached execution \d+ is used\.$")
+# Keras's ProgbarLogger (verbose=2), through absl once interactive logging is off.
+_EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
+_EPOCH_END = re.compile(r"^\s*\d+/\d+ - \d+s - ")
+_METRIC = re.compile(r" - ([\w./]+): (\S+)")
+BAR_WIDTH = 20
 _OWN_LOGGERS = ("components", "models", "pipeline", "fermtl")
 # The line that sums a component up, when it logs several.
 KEY_FIGURES: Dict[str, re.Pattern] = {
@@ -40,6 +47,8 @@ class ComponentLines(logging.Handler):
         self.cached = False
         self.figure = ""
         self.lines = 0
+        self.epoch, self.epochs = 0, 0
+        self.epoch_figures = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -50,24 +59,47 @@ class ComponentLines(logging.Handler):
         if running:
             self.current, self.started = running.group(1), time.perf_counter()
             self.cached, self.figure = False, ""
+            self.epoch, self.epochs = 0, 0
             if self.out.isatty():
                 self.out.write(f"{self.current} ...")
                 self.out.flush()
         elif finished and finished.group(1) == self.current:
             seconds = time.perf_counter() - self.started
+            if not self.figure and self.epoch:     # training: its last epoch's figures
+                self.figure = f"{self.epoch} epochs  {self.epoch_figures}".rstrip()
             tail = " (cached)" if self.cached else (f"  {self.figure}" if self.figure else "")
-            start = "\r" if self.out.isatty() else ""
+            start = "\r\x1b[K" if self.out.isatty() else ""
             self.out.write(f"{start}{self.current:<24s} {seconds:7.1f} s{tail}\n")
             self.out.flush()
             self.lines += 1
             self.current = None
         elif self.current and _CACHED.match(msg):
             self.cached = True
+        elif self.current and _EPOCH.match(msg):
+            self.epochs = int(_EPOCH.match(msg).group(2))
+        elif self.current and _EPOCH_END.match(msg):
+            self.epoch += 1
+            self.epochs = max(self.epochs, self.epoch)
+            self._progress(dict(_METRIC.findall(msg)))
         elif self.current and record.name.split(".")[0] in _OWN_LOGGERS:
             line = msg.splitlines()[0][:160] if msg else ""
             wanted = KEY_FIGURES.get(self.current)
             if line and (wanted is None or wanted.match(line)):
                 self.figure = line      # the last own line, or the one that sums it up
+
+    def _progress(self, metrics: Dict[str, str]) -> None:
+        """The training progress bar: epochs done, loss and a validation figure."""
+        done = round(BAR_WIDTH * self.epoch / self.epochs)
+        shown = ["loss"] + [k for k in ("val_loss",) if k in metrics]
+        shown += [k for k in metrics if k.startswith("val_") and "acc" in k][:1]
+        self.epoch_figures = "  ".join(f"{k} {metrics[k]}" for k in shown if k in metrics)
+        line = (f"{self.current:<24s} [{'#' * done}{'.' * (BAR_WIDTH - done)}] "
+                f"epoch {self.epoch}/{self.epochs}  {self.epoch_figures}".rstrip())
+        if self.out.isatty():
+            self.out.write(f"\r{line}\x1b[K")
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
 
 
 def run_log_path(pipeline_root: str) -> str:
@@ -97,10 +129,16 @@ def quiet_run(log_path: str, verbose: bool = False, out: Optional[TextIO] = None
     root.setLevel(min(saved_root or logging.INFO, logging.INFO))
     absl_logging.set_verbosity(absl_logging.INFO)
     logging.captureWarnings(True)
+    import keras    # (after the handlers: what its import logs goes to the file)
+
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()    # Keras's prints become log records
     try:
         yield lines
     finally:
         logging.captureWarnings(False)
+        if interactive:
+            keras.config.enable_interactive_logging()
         absl_logging.set_verbosity(saved_absl)
         root.removeHandler(to_file)
         root.removeHandler(lines)

@@ -68,3 +68,61 @@ def test_verbose_keeps_the_console_log(tmp_path, console):
     with quiet_run(str(tmp_path / "v.log"), verbose=True, out=out):
         _fake_run()
     assert out.getvalue() == "" and "Component Pusher is finished." in console.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _tiny_fit(epochs: int):
+    """A Trainer-like component: a few steps of Keras fit, as the Trainer calls it."""
+    import keras
+    import numpy as np
+
+    absl_logging.info("Component Trainer is running.")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).random((8, 3), dtype=np.float32)
+    y = np.arange(8) % 2
+    model.fit(x, y, batch_size=4, epochs=epochs, validation_data=(x, y), verbose=2)
+    absl_logging.info("Component Trainer is finished.")
+
+
+@pytest.mark.parametrize("epochs", [3, 1])
+def test_training_epochs_are_one_progress_bar(tmp_path, console, capsys, epochs):
+    out = io.StringIO()
+    path = str(tmp_path / "t.log")
+    with quiet_run(path, out=out):
+        _tiny_fit(epochs)
+    printed = out.getvalue().splitlines()
+    assert len(printed) == epochs + 1            # one line per epoch, then the component's
+    for k, line in enumerate(printed[:-1], 1):
+        done = round(20 * k / epochs)
+        assert line.startswith("Trainer ") and f"[{'#' * done}{'.' * (20 - done)}]" in line
+        assert f"epoch {k}/{epochs}  loss " in line and "val_loss " in line
+        assert "val_accuracy " in line
+    # The component's line sums training up with the last epoch's figures.
+    last = printed[-2].split(f"epoch {epochs}/{epochs}  ")[1]
+    assert printed[-1].startswith("Trainer ") and printed[-1].endswith(
+        f" s  {epochs} epochs  {last}")
+    assert "Epoch" not in capsys.readouterr().out, "Keras printed to the console"
+    logged = open(path).read()
+    assert "2/2 - " in logged and "val_accuracy:" in logged
+    assert ("Epoch 3/3" in logged) == (epochs == 3)
+    import keras
+
+    assert keras.config.is_interactive_logging_enabled(), "restored after the run"
+
+
+def test_progress_bar_updates_in_place_on_a_terminal(tmp_path, console):
+    out = _Terminal()
+    with quiet_run(str(tmp_path / "t.log"), out=out):
+        _tiny_fit(3)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and " s  3 epochs  loss " in text    # one line in the end
+    frames = text.split("\r")
+    assert frames[0] == "Trainer ..."
+    assert [f.split("epoch ")[1][:3] for f in frames[1:4]] == ["1/3", "2/3", "3/3"]
+    assert frames[4].startswith("\x1b[KTrainer ")

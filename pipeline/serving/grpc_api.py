@@ -3,8 +3,11 @@ Classify, GetModelMetadata; ``ModelService.GetModelStatus``) on grpcio with
 the official ``tensorflow-serving-api`` protos.
 
 Client errors are ``INVALID_ARGUMENT`` (``NOT_FOUND`` for a model or version),
-counted like their REST twins; requests larger than the body limit are
-refused by grpcio itself (``RESOURCE_EXHAUSTED``).
+counted like their REST twins. A request message over the body limit is
+refused with ``RESOURCE_EXHAUSTED`` by :class:`BodyLimit` before it is parsed,
+and counted as REST's 413 is (``body_too_large``). grpcio's own cap sits at
+``GRPC_CAP_FACTOR`` times the limit: a message above it is refused by grpcio
+(also ``RESOURCE_EXHAUSTED``) before any handler sees it, so it is not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from pipeline.serving.limits import Counters, Limits, RequestError
 from pipeline.serving.rest import run_model_error
 from pipeline.serving.versions import CLASSIFY_METHOD, PREDICT_METHOD, ModelManager
+
+# grpcio refuses a message above its own cap before any handler (or
+# interceptor's behaviour) runs, uncounted; ours is checked below it.
+GRPC_CAP_FACTOR = 2
 
 _STATES = {"LOADING": get_model_status_pb2.ModelVersionStatus.LOADING,
            "AVAILABLE": get_model_status_pb2.ModelVersionStatus.AVAILABLE,
@@ -135,6 +142,45 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
         return self._answer(context, work)
 
 
+class _Oversize:
+    """What :class:`BodyLimit`'s deserializer yields for a message over the limit."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+class BodyLimit(grpc.ServerInterceptor):
+    """Refuses a unary request message over ``limits.max_body_bytes`` with
+    ``RESOURCE_EXHAUSTED``, counted under ``body_too_large``, without parsing it."""
+
+    def __init__(self, limits: Limits, counters: Counters):
+        self.limit, self.counters = limits.max_body_bytes, counters
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def deserialize(data: bytes):
+            if len(data) > self.limit:
+                return _Oversize(len(data))
+            return parse(data) if parse is not None else data
+
+        def checked(request, context):
+            if isinstance(request, _Oversize):
+                self.counters.inc("requests")
+                self.counters.inc("body_too_large")
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"request message of {request.size} bytes exceeds the "
+                              f"{self.limit}-byte limit")
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked, request_deserializer=deserialize,
+            response_serializer=handler.response_serializer)
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer, _Handlers):
     def GetModelStatus(self, request, context):
         def work():
@@ -160,7 +206,9 @@ def make_grpc_server(manager: ModelManager, limits: Limits, counters: Counters,
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers,
                                               thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", limits.max_body_bytes),
+        interceptors=[BodyLimit(limits, counters)],
+        options=[("grpc.max_receive_message_length",
+                  min(GRPC_CAP_FACTOR * limits.max_body_bytes, 2**31 - 1)),
                  ("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager, limits, counters), server)
