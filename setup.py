@@ -32,6 +32,8 @@ setup(
     extras_require={
         "kfp": ["tfx[kfp]==1.16.0"],
         "dev": ["pytest", "pytest-timeout"],
+        # `fermtl export --format onnx` (pins in constraints.txt).
+        "onnx": ["tf2onnx", "onnx", "onnxruntime"],
     },
     entry_points={"console_scripts": ["fermtl=pipeline.cli:main"]},
 )

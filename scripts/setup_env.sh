@@ -19,6 +19,6 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
 echo "setup: installing fer-mtl and the pinned stack (a few minutes on a fresh machine)"
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,kfp]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,kfp,onnx]"
 touch "$stamp"
 echo "setup: done"

@@ -16,15 +16,37 @@ from PIL import Image
 SIZE = 32
 
 
-def export_tiny(version_dir, seed: int = 0) -> str:
-    """Export an untrained small baseline (32 px) to ``version_dir``."""
+def with_heads():
+    """The baseline plus AU and landmark outputs, like SJMT's and TraceNorm's."""
+    import keras
+
+    from components import contract
+    from models.baseline import BaselineCNN
+
+    class WithHeads(BaselineCNN):
+        def inference_model(self, model, cfg):
+            base = super().inference_model(model, cfg)
+            inp = keras.Input((cfg["image_size"], cfg["image_size"], 1))
+            out = dict(base(inp))
+            out["aus"] = keras.layers.Dense(contract.NUM_AUS, activation="sigmoid")(
+                out["embedding"])
+            out["landmarks"] = keras.layers.Dense(2 * contract.NUM_LANDMARKS,
+                                                  activation="sigmoid")(out["embedding"])
+            return keras.Model(inp, out)
+
+    return WithHeads()
+
+
+def export_tiny(version_dir, seed: int = 0, heads: bool = False) -> str:
+    """Export an untrained small baseline (32 px) to ``version_dir``; with
+    ``heads``, plus AU and landmark outputs (:func:`with_heads`)."""
     import tensorflow as tf
 
     from models.export import export_saved_model
     from models.registry import get_method
 
     tf.keras.utils.set_random_seed(seed)
-    method = get_method("baseline")
+    method = with_heads() if heads else get_method("baseline")
     cfg = method.config("small", image_size=SIZE, filters=(4, 8), dense=(8,))
     return export_saved_model(method, method.build(cfg), cfg, str(version_dir))
 

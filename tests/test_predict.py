@@ -8,29 +8,9 @@ import numpy as np
 import pytest
 
 from components import contract
-from tests.serving_helpers import SIZE
+from tests.serving_helpers import SIZE, with_heads
 
 FACE_SIZE = 40      # what "ingestion" aligned to; the model input is SIZE (32)
-
-
-def _with_heads():
-    """The baseline plus AU and landmark outputs, like SJMT's and TraceNorm's."""
-    import keras
-
-    from models.baseline import BaselineCNN
-
-    class WithHeads(BaselineCNN):
-        def inference_model(self, model, cfg):
-            base = super().inference_model(model, cfg)
-            inp = keras.Input((cfg["image_size"], cfg["image_size"], 1))
-            out = dict(base(inp))
-            out["aus"] = keras.layers.Dense(contract.NUM_AUS, activation="sigmoid")(
-                out["embedding"])
-            out["landmarks"] = keras.layers.Dense(2 * contract.NUM_LANDMARKS,
-                                                  activation="sigmoid")(out["embedding"])
-            return keras.Model(inp, out)
-
-    return WithHeads()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +22,7 @@ def trained(tmp_path_factory):
 
     train, _ = synthetic_split(n_train=8, n_test=2, size=48)
     method, model, cfg, _ = training.train(
-        _with_heads(), train, preset="small", epochs=2, steps_per_epoch=4, batch_size=16,
+        with_heads(), train, preset="small", epochs=2, steps_per_epoch=4, batch_size=16,
         overrides=dict(image_size=SIZE, filters=(4, 8), dense=(8,)), seed=0)
     cfg["ingestion"] = {"image_size": FACE_SIZE, "detector": "haar"}
     base = tmp_path_factory.mktemp("predict") / "fer"

@@ -47,11 +47,12 @@ def register(sub) -> None:
                    help="aligned face side (default: what ingestion wrote for this model)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="convert a pushed model (TFLite)")
+    p = sub.add_parser("export", help="convert a pushed model (TFLite or ONNX)")
     p.add_argument("model", help="pushed model (as for `serve`)")
-    p.add_argument("--format", default="tflite", choices=["tflite"],
-                   help="tflite: float32 faces [1, S, S, 1] in [0, 1] -> outputs")
-    p.add_argument("--out", help="output file (default: <version dir>.tflite)")
+    p.add_argument("--format", default="tflite", choices=["tflite", "onnx"],
+                   help="tflite: float32 faces [1, S, S, 1] in [0, 1] -> outputs; "
+                        "onnx: the same with any batch N (opset 17, onnxruntime)")
+    p.add_argument("--out", help="output file (default: <version dir>.<format>)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a pushed model on labelled data with the "
@@ -107,12 +108,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pipeline.export_formats import export_tflite, face_size
+    from pipeline.export_formats import EXPORTERS, face_size
 
-    path = export_tflite(args.model, args.out)
+    path = EXPORTERS[args.format](args.model, args.out)
     size = face_size(args.model)
+    batch = 1 if args.format == "tflite" else "N"
     print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB): input 'pixels' float32 "
-          f"[1, {size}, {size}, 1] in [0, 1], decoded as serving_default decodes")
+          f"[{batch}, {size}, {size}, 1] in [0, 1], decoded as serving_default decodes")
     return 0
 
 
