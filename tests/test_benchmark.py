@@ -271,7 +271,9 @@ def _check_rebuilt_run_serves_raw_images(run_dir, examples, tmp_path):
     assert row["images_per_second_batch1"] > 0 and row["images_per_second_batch64"] > 0
 
 
-@pytest.mark.parametrize("method", ["ddmtl", "fersnet", "multidataset", "sjmt", "tracenorm"])
+# tracenorm: 31 s on 2 cores, in make test-all (test_tracenorm checks its save/load).
+@pytest.mark.parametrize("method", ["ddmtl", "fersnet", "multidataset", "sjmt",
+                                    pytest.param("tracenorm", marks=pytest.mark.slow)])
 def test_every_method_rebuilds_from_its_run_weights(method, prepared, tmp_path):
     """What ``--redo-figures`` and benchmarks/serve_speed.py rely on (baseline: above)."""
     from models import training

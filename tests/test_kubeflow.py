@@ -160,7 +160,11 @@ print(kubeflow.training.TRAINING_JOB, pipeline.kubeflow_runner.IMAGE_SOURCE_DIR)
 """
 
 
-@pytest.mark.parametrize("style", sorted(SDK_INIT_FILES))
+# Each style is a fresh interpreter importing TFX (15 s on 2 cores); the regular
+# package (the older `kubeflow` SDK) runs in make test-all.
+@pytest.mark.parametrize("style", [pytest.param(s, marks=pytest.mark.slow)
+                                   if s == "regular_package" else s
+                                   for s in sorted(SDK_INIT_FILES)])
 def test_kubeflow_sdk_imports_beside_fermtl(tmp_path, style):
     """A stand-in `kubeflow` package with a `training` module, on the path behind
     the checkout: both it and our KFP compiler import (fresh interpreter, so

@@ -120,6 +120,7 @@ def test_report_has_slices_and_plots(good_run, tmp_path):
     assert per_slice and all(abs(recall[c] - v) < 1e-6 for c, v in per_slice.items())
 
 
+@pytest.mark.slow   # a second whole pipeline run, 29 s on 2 cores
 def test_rerun_hits_the_cache(good_run):
     from pipeline.pipeline import run_local
 
@@ -170,8 +171,10 @@ def test_anomaly_stops_the_run(tmp_path):
     assert not glob.glob(os.path.join(config.pipeline_root, "Trainer", "model", "*"))
 
 
+# tracenorm (54 s on 2 cores: two ResNet-34s traced, trained and exported) runs
+# in make test-all; its export is also checked by test_serving_graph.
 @pytest.mark.parametrize("method_name", ["sjmt", "ddmtl", "multidataset", "fersnet",
-                                         "tracenorm"])
+                                         pytest.param("tracenorm", marks=pytest.mark.slow)])
 def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp_path):
     """The Trainer's run_fn on the run's Transform output, for every other method
     (a few steps each): what `fermtl run --method NAME` executes."""
@@ -182,6 +185,7 @@ def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp
     assert os.path.exists(tmp_path / "run" / "history.json")
 
 
+@pytest.mark.slow   # 84 s on 2 cores; FES itself: tests/test_fersnet.py (fast)
 def test_trainer_module_runs_fersnet_fes_augmentation(good_run, tmp_path):
     """`fermtl run --method fersnet --fes-augment`: after fit, the Trainer module
     synthesizes every expression for each Transform-output face and fine-tunes."""

@@ -197,6 +197,7 @@ def test_save_load_identical_predictions(trained, data, tmp_path):
         np.testing.assert_array_equal(np.asarray(got[k]), ref[k])
 
 
+@pytest.mark.slow   # 27 s on 2 cores; tests/test_serving_graph.py exports tracenorm in CI
 def test_exported_serving_signature(trained, data, tmp_path):
     from models import export, preprocessing
 
