@@ -40,10 +40,12 @@ def per_image_ms(fn, items) -> float:
 
 
 def face_blobs(folder, n: int):
-    """``n`` encoded faces: files under ``folder`` (sorted), else synthetic."""
+    """``n`` encoded faces: files under ``folder`` (evenly spaced over the
+    sorted paths, so every class folder contributes), else synthetic."""
     if folder:
         paths = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-                       if p.lower().endswith((".png", ".jpg", ".jpeg")))[:n]
+                       if p.lower().endswith((".png", ".jpg", ".jpeg")))
+        paths = paths[::max(1, len(paths) // n)][:n]
         if not paths:
             raise SystemExit(f"error: no PNG/JPEG faces under {folder}")
         return [open(p, "rb").read() for p in paths]
