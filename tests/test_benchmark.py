@@ -271,8 +271,10 @@ def _check_rebuilt_run_serves_raw_images(run_dir, examples, tmp_path):
     assert row["images_per_second_batch1"] > 0 and row["images_per_second_batch64"] > 0
 
 
-# tracenorm: 31 s on 2 cores, in make test-all (test_tracenorm checks its save/load).
-@pytest.mark.parametrize("method", ["ddmtl", "fersnet", "multidataset", "sjmt",
+# tracenorm (31 s on 2 cores) and fersnet (15 s) in make test-all; test_tracenorm and
+# test_fersnet check their save/load in CI.
+@pytest.mark.parametrize("method", ["ddmtl", pytest.param("fersnet", marks=pytest.mark.slow),
+                                    "multidataset", "sjmt",
                                     pytest.param("tracenorm", marks=pytest.mark.slow)])
 def test_every_method_rebuilds_from_its_run_weights(method, prepared, tmp_path):
     """What ``--redo-figures`` and benchmarks/serve_speed.py rely on (baseline: above)."""

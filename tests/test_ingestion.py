@@ -409,6 +409,7 @@ def test_empty_source_is_an_error(tmp_path):
 
 
 # --- the TFX component ------------------------------------------------------------
+@pytest.mark.slow   # 23 s; tests/test_pipeline.py runs FaceIngestion + StatisticsGen in CI
 def test_component_runs_in_a_tfx_pipeline_with_statistics_gen(tmp_path):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2

@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Outside the default run (make test-all runs them), measured on 2 cores:
 # tracenorm's ResNet-34 pair ~45 s to trace twice, fersnet 47 s, multidataset
-# 20 s, ddmtl 18 s. baseline and sjmt keep the two-replica path in CI.
-SLOW = {"tracenorm", "fersnet", "multidataset", "ddmtl"}
+# 20 s, ddmtl 18 s, sjmt 13 s. baseline keeps the two-replica path in CI.
+SLOW = {"tracenorm", "fersnet", "multidataset", "ddmtl", "sjmt"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -327,6 +327,7 @@ def test_save_load_identical_predictions(trained, split, tmp_path):
         np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), atol=1e-6)
 
 
+@pytest.mark.slow   # 9 s; tests/test_serving_graph.py exports multidataset in CI
 def test_export_answers_raw_images(trained, split, tmp_path):
     method, model, cfg, _ = trained
     assert_export_answers_raw_images(method, model, cfg, split[1][:5], tmp_path / "export")

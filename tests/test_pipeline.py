@@ -171,9 +171,11 @@ def test_anomaly_stops_the_run(tmp_path):
     assert not glob.glob(os.path.join(config.pipeline_root, "Trainer", "model", "*"))
 
 
-# tracenorm (54 s on 2 cores: two ResNet-34s traced, trained and exported) runs
-# in make test-all; its export is also checked by test_serving_graph.
-@pytest.mark.parametrize("method_name", ["sjmt", "ddmtl", "multidataset", "fersnet",
+# tracenorm (54 s on 2 cores: two ResNet-34s traced, trained and exported) and
+# fersnet (34 s) run in make test-all; tests/test_fersnet.py and test_tracenorm.py
+# train and export both in CI.
+@pytest.mark.parametrize("method_name", ["sjmt", "ddmtl", "multidataset",
+                                         pytest.param("fersnet", marks=pytest.mark.slow),
                                          pytest.param("tracenorm", marks=pytest.mark.slow)])
 def test_trainer_module_trains_and_exports_any_method(good_run, method_name, tmp_path):
     """The Trainer's run_fn on the run's Transform output, for every other method

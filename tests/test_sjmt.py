@@ -215,6 +215,7 @@ def test_save_load_identical_predictions(trained, split, tmp_path):
                                   ref["aus"])
 
 
+@pytest.mark.slow   # 6 s; tests/test_serving_graph.py exports sjmt in CI
 def test_exported_signature_answers_raw_images(trained, split, tmp_path):
     from models import export
 
