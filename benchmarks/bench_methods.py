@@ -21,6 +21,10 @@ own ``image_size``. Progress goes to stderr, the table to stdout::
 
     make bench-methods            # = .venv/bin/python benchmarks/bench_methods.py
     .venv/bin/python benchmarks/bench_methods.py --methods baseline,sjmt --seconds 30
+    .venv/bin/python benchmarks/bench_methods.py --methods fersnet --set identity_embedding=false
+
+``--set KEY=VALUE`` (repeatable; VALUE read as YAML) overrides the preset of
+every method run, and the table's note column lists the overrides.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from components import contract, synthetic  # noqa: E402
 
@@ -65,14 +70,15 @@ def bench_one(name: str, train, test, args) -> dict:
         row["note"] = f"skipped: does not import ({type(exc).__name__}: {exc})"[:160]
         return row
     try:
-        cfg = method.config(args.preset)
+        cfg = method.config(args.preset, **args.overrides)
         batch = int(cfg.get("batch_size", 32))
         budget = training.TimeBudget(args.seconds, batch)
         steps = max(len(train) // batch, 1)
         start = time.perf_counter()
         method, model, cfg, _ = training.train(
             method, train, preset=args.preset, epochs=10 ** 6, steps_per_epoch=steps,
-            batch_size=batch, seed=args.seed, callbacks=[budget], verbose=0)
+            batch_size=batch, seed=args.seed, callbacks=[budget], verbose=0,
+            overrides=args.overrides)
         fit_s = time.perf_counter() - start
         result = training.evaluate(method, model, cfg, test)
         row.update(
@@ -80,7 +86,8 @@ def bench_one(name: str, train, test, args) -> dict:
             images_per_s=budget.images_per_second, steps=budget.steps, fit_s=fit_s,
             first_step_s=(budget.first_done - budget.start) if budget.first_done else None,
             accuracy=result["accuracy"], balanced=result["balanced_accuracy"],
-            au_f1=result.get("au_mean_f1"))
+            au_f1=result.get("au_mean_f1"),
+            note=", ".join(f"{k}={v}" for k, v in args.overrides.items()))
     except Exception as exc:
         log(traceback.format_exc())
         row["note"] = f"failed: {type(exc).__name__}: {exc}"[:160]
@@ -125,7 +132,15 @@ def main(argv=None) -> int:
     parser.add_argument("--samples-per-emotion", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="generated image size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="preset override for every method (VALUE as YAML); repeatable")
     args = parser.parse_args(argv)
+    args.overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        args.overrides[key] = yaml.safe_load(value)
 
     import tensorflow as tf
 
