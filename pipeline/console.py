@@ -6,7 +6,9 @@ instead: its name, seconds, whether it was cached and its key figure (the
 summary line our component code logs). Keras's own output (its per-epoch
 lines) is sent to the log too, and training epochs show as one progress bar
 (updated in place on a terminal, a plain line per epoch otherwise). ``-v``
-keeps the full log on the console as well.
+keeps the full log on the console as well. ``fermtl benchmark`` also shows its
+own progress records (``echo``: run N of M, epochs, each fold's accuracy) between
+the components of its data preparation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import Dict, Optional, TextIO
+from typing import Dict, Optional, TextIO, Tuple
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
 _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
@@ -26,6 +28,7 @@ _CACHED = re.compile(r"^A cached execution \d+ is used\.$")
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
 _EPOCH_END = re.compile(r"^\s*\d+/\d+ - \d+s - ")
 _METRIC = re.compile(r" - ([\w./]+): (\S+)")
+_TASK = re.compile(r"^\[\d+/\d+\] (.+)$")     # fermtl benchmark: "[3/60] ddmtl on fold2"
 BAR_WIDTH = 20
 _OWN_LOGGERS = ("components", "models", "pipeline", "fermtl")
 # The line that sums a component up, when it logs several.
@@ -39,9 +42,10 @@ class ComponentLines(logging.Handler):
     """Turns TFX's "Component X is running/finished" records into one line
     per component on ``out``."""
 
-    def __init__(self, out: Optional[TextIO] = None):
+    def __init__(self, out: Optional[TextIO] = None, echo: Tuple[str, ...] = ()):
         super().__init__(logging.INFO)
         self.out = out or sys.stdout
+        self.echo = echo
         self.current: Optional[str] = None
         self.started = 0.0
         self.cached = False
@@ -49,6 +53,8 @@ class ComponentLines(logging.Handler):
         self.lines = 0
         self.epoch, self.epochs = 0, 0
         self.epoch_figures = ""
+        self.task: Optional[str] = None
+        self.bar_open = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -57,6 +63,7 @@ class ComponentLines(logging.Handler):
             return
         running, finished = _RUNNING.match(msg), _FINISHED.match(msg)
         if running:
+            self._end_bar()
             self.current, self.started = running.group(1), time.perf_counter()
             self.cached, self.figure = False, ""
             self.epoch, self.epochs = 0, 0
@@ -75,9 +82,9 @@ class ComponentLines(logging.Handler):
             self.current = None
         elif self.current and _CACHED.match(msg):
             self.cached = True
-        elif self.current and _EPOCH.match(msg):
+        elif (self.current or self.task) and _EPOCH.match(msg):
             self.epochs = int(_EPOCH.match(msg).group(2))
-        elif self.current and _EPOCH_END.match(msg):
+        elif (self.current or self.task) and _EPOCH_END.match(msg):
             self.epoch += 1
             self.epochs = max(self.epochs, self.epoch)
             self._progress(dict(_METRIC.findall(msg)))
@@ -86,6 +93,19 @@ class ComponentLines(logging.Handler):
             wanted = KEY_FIGURES.get(self.current)
             if line and (wanted is None or wanted.match(line)):
                 self.figure = line      # the last own line, or the one that sums it up
+        elif self.current is None and record.name in self.echo and msg:
+            self._end_bar()
+            self.out.write(msg.splitlines()[0][:200] + "\n")
+            self.out.flush()
+            task = _TASK.match(msg)
+            if task:                # a benchmark run: its epochs show as a bar
+                self.task, self.epoch, self.epochs = task.group(1), 0, 0
+
+    def _end_bar(self) -> None:
+        """Ends a benchmark run's in-place bar before the next line."""
+        if self.bar_open:
+            self.out.write("\n")
+            self.bar_open = False
 
     def _progress(self, metrics: Dict[str, str]) -> None:
         """The training progress bar: epochs done, loss and a validation figure."""
@@ -93,10 +113,12 @@ class ComponentLines(logging.Handler):
         shown = ["loss"] + [k for k in ("val_loss",) if k in metrics]
         shown += [k for k in metrics if k.startswith("val_") and "acc" in k][:1]
         self.epoch_figures = "  ".join(f"{k} {metrics[k]}" for k in shown if k in metrics)
-        line = (f"{self.current:<24s} [{'#' * done}{'.' * (BAR_WIDTH - done)}] "
+        label = self.current or self.task
+        line = (f"{label:<24s} [{'#' * done}{'.' * (BAR_WIDTH - done)}] "
                 f"epoch {self.epoch}/{self.epochs}  {self.epoch_figures}".rstrip())
         if self.out.isatty():
             self.out.write(f"\r{line}\x1b[K")
+            self.bar_open = self.current is None
         else:
             self.out.write(line + "\n")
         self.out.flush()
@@ -109,9 +131,11 @@ def run_log_path(pipeline_root: str) -> str:
 
 
 @contextlib.contextmanager
-def quiet_run(log_path: str, verbose: bool = False, out: Optional[TextIO] = None):
+def quiet_run(log_path: str, verbose: bool = False, out: Optional[TextIO] = None,
+              echo: Tuple[str, ...] = ()):
     """Log everything to ``log_path``; unless ``verbose``, console handlers
-    only show errors and :class:`ComponentLines` prints the progress."""
+    only show errors and :class:`ComponentLines` prints the progress (and the
+    records of the loggers named in ``echo``, outside components)."""
     from absl import logging as absl_logging
 
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -120,7 +144,7 @@ def quiet_run(log_path: str, verbose: bool = False, out: Optional[TextIO] = None
     saved_root, saved_absl = root.level, absl_logging.get_verbosity()
     to_file = logging.FileHandler(log_path)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    lines = ComponentLines(out)
+    lines = ComponentLines(out, echo)
     if not verbose:
         for handler in root.handlers:
             handler.setLevel(logging.ERROR)

@@ -187,7 +187,13 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys, monkeyp
     argv = ["benchmark", "--data", str(spec), "--methods", "baseline", "--protocol", "kfold",
             "--k", "3", "--folds", "2", "--epochs", "1", "--out", str(out),
             "--results", str(committed)]
+    capsys.readouterr()
     assert cli.main(argv) == 0
+    printed = capsys.readouterr()
+    assert "[1/2] baseline on fold0" in printed.out and "baseline/fold1: accuracy" in printed.out
+    assert "INFO" not in printed.out + printed.err, "routine logs go to the file"
+    (logged,) = os.listdir(out / "logs")
+    assert "Component FaceIngestion is finished." in (out / "logs" / logged).read_text()
     md = (out / "results.md").read_text()
     assert "| baseline | small |" in md and "±" in md and "kfold" in md
     rows = json.loads((out / "rows.json").read_text())

@@ -126,3 +126,26 @@ def test_progress_bar_updates_in_place_on_a_terminal(tmp_path, console):
     assert frames[0] == "Trainer ..."
     assert [f.split("epoch ")[1][:3] for f in frames[1:4]] == ["1/3", "2/3", "3/3"]
     assert frames[4].startswith("\x1b[KTrainer ")
+
+
+def test_benchmark_progress_lines_and_a_bar_per_run(tmp_path, console):
+    """``echo`` loggers (fermtl benchmark's) print outside components; a
+    "[i/N] run" line starts a bar for that run's epochs; other records stay in the file."""
+    out = io.StringIO()
+    bench = logging.getLogger("fermtl.benchmark")
+    with quiet_run(str(tmp_path / "b.log"), out=out, echo=("fermtl.benchmark",)):
+        bench.info("kfold: 2 fold(s): fold0 ...")
+        bench.info("[1/2] baseline on fold0")
+        logging.getLogger("keras").info("Epoch 1/2")
+        logging.getLogger("keras").info("4/4 - 1s - 20ms/step - accuracy: 0.5 - loss: 1.2")
+        logging.getLogger("keras").info("Epoch 2/2")
+        logging.getLogger("keras").info("4/4 - 1s - 20ms/step - accuracy: 0.7 - loss: 0.9")
+        bench.info("baseline/fold0: accuracy 0.7000 (balanced 0.7000), 2 s")
+        logging.getLogger("models.training").info("a routine line")
+    printed = out.getvalue().splitlines()
+    assert printed[:2] == ["kfold: 2 fold(s): fold0 ...", "[1/2] baseline on fold0"]
+    assert printed[2].startswith("baseline on fold0") and "epoch 1/2" in printed[2]
+    assert "epoch 2/2" in printed[3] and "loss 0.9" in printed[3]
+    assert printed[4].startswith("baseline/fold0: accuracy 0.7000")
+    assert len(printed) == 5 and console.getvalue() == ""
+    assert "a routine line" in open(tmp_path / "b.log").read()

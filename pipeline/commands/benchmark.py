@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import yaml
 
@@ -81,7 +82,24 @@ def _names(text: str):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def log_path(out: str) -> str:
+    """``<out>/logs/benchmark-<UTC time>.log``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return os.path.join(out, "logs", f"benchmark-{stamp}.log")
+
+
 def cmd_benchmark(args) -> int:
+    """Quiet by default: the data components and each run's progress on the
+    console, the full log in ``--out``/logs (``-v`` prints it)."""
+    from pipeline.console import quiet_run
+
+    path = log_path(os.path.abspath(args.out))
+    print(f"benchmark: full log in {path}{'' if args.verbose else ' (-v prints it)'}")
+    with quiet_run(path, args.verbose, echo=(log.name + ".benchmark",)):
+        return _benchmark(args)
+
+
+def _benchmark(args) -> int:
     from benchmarks.protocols import run_benchmark
     from benchmarks.tables import BenchmarkError, load_settings
 
