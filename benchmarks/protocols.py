@@ -61,8 +61,8 @@ from pipeline import artifacts, figures
 from pipeline.config import DEFAULT_BEAM_ARGS
 from pipeline.pipeline import data_pipeline
 from benchmarks import resume, run_figures
-from benchmarks.tables import (BenchmarkError, git_commit, hardware, resolve_methods,
-                               summarize, write_table)
+from benchmarks.tables import (BenchmarkError, git_commit, hardware, method_of,
+                               resolve_methods, summarize, write_table)
 
 log = logging.getLogger("fermtl.benchmark")
 
@@ -310,8 +310,12 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
             preset: str = "small", overrides: Optional[Mapping[str, Any]] = None,
             epochs: Optional[int] = None, minutes: Optional[float] = None, seed: int = 0,
             figures_on: bool = True, provenance: Optional[Mapping[str, str]] = None,
-            redo_figures: bool = False, results_dir: Optional[str] = None) -> Dict[str, Any]:
+            redo_figures: bool = False, results_dir: Optional[str] = None,
+            run_name: Optional[str] = None) -> Dict[str, Any]:
     """Fit, evaluate and plot one method on one fold; returns its result row.
+
+    ``run_name``: a variant's name (default the method's): the committed
+    folder is ``results_dir/<run_name>/<fold>`` and the row's ``run``.
 
     ``epochs``: the epoch count (default: the preset's, or calibrated from
     ``minutes`` when given). ``results_dir``: the committed results folder;
@@ -328,27 +332,28 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
     fp = resume.fingerprint(method_name, resume.run_settings(
         method_name, fold, data, preset, overrides, epochs, minutes, seed))
     result_path = os.path.join(run_dir, "result.json")
-    committed = os.path.join(results_dir, method_name, fold.name) if results_dir else None
+    run_name = run_name or method_name
+    committed = os.path.join(results_dir, run_name, fold.name) if results_dir else None
     found_row, found, why = resume.reusable(
         [result_path] + ([os.path.join(committed, "result.json")] if committed else []), fp)
     if found_row is not None:
         log.info("%s/%s: finished earlier with the same settings and method code, reusing %s",
                  method_name, fold.name, found)
-        return _reuse(found_row, found == result_path, fold, data, run_dir, committed,
-                      redo_figures)
+        return dict(_reuse(found_row, found == result_path, fold, data, run_dir, committed,
+                           redo_figures), run=run_name)
     if why:
         log.info("%s/%s: rerunning, %s: %s", method_name, fold.name, found, why)
     resume.start_run(run_dir, fp)
     row = dict(train_fold(method_name, fold, data, run_dir, preset, overrides, epochs, minutes,
                           seed, figures_on),
-               **dict(provenance or {}),
+               run=run_name, **dict(provenance or {}),
                **{k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "settings",
                                      "code_files")})
     with open(result_path, "w") as f:
         json.dump(row, f, indent=2, default=float)
     if committed:
         resume.publish(row, run_dir, committed, data.datasets)
-    log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", method_name, fold.name,
+    log.info("%s/%s: accuracy %.4f (balanced %.4f), %.0f s", run_name, fold.name,
              row["accuracy"], row["balanced_accuracy"], row["train_seconds"])
     return row
 
@@ -486,8 +491,10 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                   results_dir: Optional[str] = None) -> Dict[str, Any]:
     """Run the benchmark; returns ``{"rows", "table", "figures"}``.
 
-    ``method_settings``: method -> ``{"preset", "overrides", "epochs",
-    "minutes"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``.
+    ``method_settings``: run name -> ``{"method", "preset", "overrides", "epochs",
+    "minutes"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``
+    (a run name other than a method's is a variant: ``method`` names what it
+    trains; ``methods`` may name it).
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
     ``results_dir``: the committed results folder (e.g. ``docs/results/...``):
     every fold's ``result.json``, ``predictions.csv`` and confusion matrix go
@@ -497,12 +504,13 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     """
     if protocol not in PROTOCOLS:
         raise BenchmarkError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-    names = resolve_methods(methods)
+    names = resolve_methods(methods, runs=list(method_settings or {}))
     spec = benchmark_spec(DataSpec.load(spec), protocol, k)
     settings = {n: dict((method_settings or {}).get(n, {})) for n in names}
-    sizes = {n: int(get_method(n).config(settings[n].get("preset", preset),
-                                         **(settings[n].get("overrides") or {}))["image_size"])
-             for n in names}
+    method_names = {n: method_of(n, settings[n]) for n in names}
+    sizes = {n: int(get_method(method_names[n]).config(
+        settings[n].get("preset", preset), **(settings[n].get("overrides") or {}))["image_size"])
+        for n in names}
     prepared: Dict[int, PreparedData] = {}
     folds_of: Dict[int, List[Fold]] = {}
     for size in sorted(set(sizes.values())):
@@ -522,11 +530,13 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
         for j, fold in enumerate(folds_of[size]):
             log.info("[%d/%d] %s on %s", i * len(first) + j + 1, total, name, fold.name)
             rows.append(run_one(
-                name, fold, prepared[size], os.path.join(out_dir, "runs", name, fold.name),
+                method_names[name], fold, prepared[size],
+                os.path.join(out_dir, "runs", name, fold.name),
                 preset=setting.get("preset", preset), overrides=setting.get("overrides", {}),
                 epochs=setting.get("epochs", epochs), minutes=setting.get("minutes", minutes),
                 seed=seed, figures_on=figures_on, provenance=provenance,
-                redo_figures=redo_figures and figures_on, results_dir=results_dir))
+                redo_figures=redo_figures and figures_on, results_dir=results_dir,
+                run_name=name))
     notes = [f"Protocol: {protocol} ({'; '.join(f.describe() for f in first)}).",
              f"Data: {counts.get('total', '?')} faces after ingestion, "
              f"{counts.get('quarantined', 0)} inputs quarantined."]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import re
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -63,7 +64,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     recall (classes present in the test data), parameters, train time."""
     by_method: Dict[str, List[Mapping[str, Any]]] = {}
     for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
+        by_method.setdefault(r.get("run") or r["method"], []).append(r)
     out = []
     for name, rs in by_method.items():
         acc = np.asarray([r["accuracy"] for r in rs], np.float64)
@@ -149,24 +150,37 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
     return {"markdown": md, "csv": path_csv}
 
 
-def resolve_methods(methods) -> List[str]:
-    """``"all"`` / ``"a,b"`` / a list -> method names (checked)."""
+def resolve_methods(methods, runs: Sequence[str] = ()) -> List[str]:
+    """``"all"`` / ``"a,b"`` / a list -> run names (checked): method names, or
+    the names of ``runs`` (a settings file's entries, which may be variants)."""
     if isinstance(methods, str):
         methods = list(ALL_METHODS) if methods == "all" else [
             m.strip() for m in methods.split(",") if m.strip()]
-    known = set(registry.method_names())
+    known = set(registry.method_names()) | set(runs)
     unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise BenchmarkError(f"unknown methods {unknown}; choose from {sorted(known)} or 'all'")
     return list(methods)
 
 
-SETTING_KEYS = ("preset", "overrides", "epochs", "minutes")
+def method_of(run: str, setting: Optional[Mapping[str, Any]] = None) -> str:
+    """The method a run trains: its setting's ``method``, else its own name."""
+    return str((setting or {}).get("method") or run)
+
+
+SETTING_KEYS = ("method", "preset", "overrides", "epochs", "minutes")
+#: A variant's name: it names the results folder, so no separators.
+RUN_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 def load_settings(path: str) -> Dict[str, Any]:
     """Benchmark settings YAML -> ``{"methods": {...}, "seed_reported": {...},
     "results": folder or None}``.
+
+    A ``methods`` entry is a method name, or any run name with ``method:``
+    naming the method it trains (an ablation: ``ddmtl-no_reweighting:
+    {method: ddmtl, overrides: {weights_from: none}}``); its rows, results
+    folder and table line carry the run name.
 
     ``results``: the committed results folder of the finished folds
     (``benchmarks/resume.py``); a relative path resolves against the YAML's
@@ -187,14 +201,20 @@ def load_settings(path: str) -> Dict[str, Any]:
     methods = raw.get("methods") or {}
     known = set(registry.method_names())
     for name, setting in methods.items():
-        if name not in known:
-            raise BenchmarkError(f"{path}: unknown method {name!r}; known: {sorted(known)}")
+        method = method_of(name, setting)
+        if method not in known:
+            raise BenchmarkError(f"{path}: methods.{name}: unknown method {method!r} (a variant "
+                                 f"names its method with 'method:'); known: {sorted(known)}")
+        if not RUN_NAME.match(str(name)):
+            raise BenchmarkError(f"{path}: methods.{name}: a run name may hold letters, "
+                                 "digits and _ . + - only (it names the results folder)")
         bad = sorted(set(setting or {}) - set(SETTING_KEYS))
         if bad:
             raise BenchmarkError(f"{path}: methods.{name}: unknown keys {bad} "
                                  f"(known: {', '.join(SETTING_KEYS)})")
         if "preset" in (setting or {}):
-            registry.get_method(name).config(setting["preset"], **(setting.get("overrides") or {}))
+            registry.get_method(method).config(setting["preset"],
+                                               **(setting.get("overrides") or {}))
     return {"methods": {k: dict(v or {}) for k, v in methods.items()},
             "seed_reported": dict(raw.get("seed_reported") or {}),
             "results": (os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),

@@ -106,6 +106,8 @@ def test_shipped_benchmark_settings_load():
     ("methds: {}", "unknown keys \\['methds'\\]"),
     ("methods: {nope: {minutes: 1}}", "unknown method 'nope'"),
     ("methods: {baseline: {minute: 1}}", "methods.baseline: unknown keys \\['minute'\\]"),
+    ("methods: {ddmtl-x: {method: nope}}", "methods.ddmtl-x: unknown method 'nope'"),
+    ("methods: {a/b: {method: ddmtl}}", "a run name may hold"),
 ])
 def test_benchmark_settings_errors_name_the_field(tmp_path, text, message):
     path = tmp_path / "settings.yaml"
@@ -387,6 +389,32 @@ def test_resume_reruns_a_fold_only_when_its_settings_or_method_code_change(
                                                 / "confusion.png")
     assert again["code_fingerprint"] == json.loads(
         (committed / "baseline" / "holdout" / "result.json").read_text())["code_fingerprint"]
+
+
+def test_a_variant_is_its_own_run_results_folder_and_table_line(prepared, tmp_path,
+                                                                   monkeypatch):
+    """An ablation in a settings file: a run name with ``method:``; its fold is
+    committed under the run name and it gets its own line beside the method's."""
+    path = tmp_path / "s.yaml"
+    path.write_text("methods:\n  baseline: {epochs: 2}\n"
+                    "  baseline-lr: {method: baseline, epochs: 2, overrides: {lr: 0.5}}\n")
+    methods = tables.load_settings(str(path))["methods"]
+    assert tables.resolve_methods("baseline,baseline-lr", runs=list(methods)) == [
+        "baseline", "baseline-lr"]
+    assert [tables.method_of(n, s) for n, s in methods.items()] == ["baseline", "baseline"]
+    (fold,) = B.make_folds(prepared, "holdout")
+    calls = _fake_training(monkeypatch)
+    committed = tmp_path / "committed"
+    rows = [B.run_one("baseline", fold, prepared, str(tmp_path / "runs" / name), epochs=2,
+                      overrides=methods[name].get("overrides"), results_dir=str(committed),
+                      run_name=name, figures_on=False) for name in methods]
+    assert calls == [{}, {"lr": 0.5}]
+    assert [(r["method"], r["run"]) for r in rows] == [("baseline", "baseline"),
+                                                       ("baseline", "baseline-lr")]
+    saved = json.loads((committed / "baseline-lr" / "holdout" / "result.json").read_text())
+    assert saved["method"] == "baseline" and saved["settings"]["overrides"] == {"lr": 0.5}
+    table = [dict(_row("baseline", "fold0", 0.6, 0.8), run=name) for name in methods]
+    assert [s["method"] for s in tables.summarize(table)] == ["baseline", "baseline-lr"]
 
 
 def test_method_code_is_the_methods_own_module_or_package():
