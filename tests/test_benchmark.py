@@ -446,3 +446,25 @@ def test_benchmark_settings_results_folder_resolves_against_the_yaml(tmp_path):
     path.write_text("results: 3\n")
     with pytest.raises(tables.BenchmarkError, match="results: a folder path"):
         tables.load_settings(str(path))
+
+
+def test_ablation_table_pairs_a_variant_with_its_method_fold_by_fold(tmp_path):
+    from benchmarks import ablation_table
+
+    def put(folder, run, fold, method, acc, overrides=None):
+        d = tmp_path / folder / run / fold
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(
+            {"method": method, "accuracy": acc, "settings": {"overrides": overrides or {}}}))
+
+    for fold, acc in (("fold0", 0.9), ("fold1", 0.7), ("fold2", 0.8)):
+        put("full", "ddmtl", fold, "ddmtl", acc)
+    for fold, acc in (("fold0", 0.6), ("fold1", 0.8)):          # fold2 not finished yet
+        put("abl", "ddmtl-no_rw", fold, "ddmtl", acc, {"weights_from": "none"})
+    (row,) = ablation_table.paired_rows(str(tmp_path / "full"), str(tmp_path / "abl"))
+    # paired differences 0.3 and -0.1: mean 0.1, population std 0.2
+    assert row["folds"] == 2 and row["full_better_folds"] == 1
+    assert abs(row["full"] - 0.8) < 1e-9 and abs(row["without"] - 0.7) < 1e-9
+    assert abs(row["delta"] - 0.1) < 1e-9 and abs(row["delta_std"] - 0.2) < 1e-9
+    text = ablation_table.markdown([row])
+    assert "| ddmtl | ddmtl-no_rw (`weights_from: none`) | 2 |" in text and "+10.0 ± 20.0" in text

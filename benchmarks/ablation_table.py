@@ -1,0 +1,82 @@
+"""The "does multi-task help" table: each variant's folds (an ablation from a
+benchmark settings file, ``benchmarks/tables.load_settings``) paired with the
+full method's folds of the same protocol, fold by fold.
+
+    python benchmarks/ablation_table.py --full docs/results/ckplus48_kfold \\
+        --variants docs/results/ckplus48_ablations [--out table.md]
+
+Only folds both sides finished are compared; the table says how many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+
+
+def fold_accuracies(folder: str) -> Dict[str, Dict[str, dict]]:
+    """``{run name: {fold: result row}}`` of a committed results folder."""
+    out: Dict[str, Dict[str, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*", "result.json"))):
+        run, fold = path.split(os.sep)[-3:-1]
+        with open(path) as f:
+            out.setdefault(run, {})[fold] = json.load(f)
+    return out
+
+
+def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
+    """One row per variant: the full method's and the variant's mean accuracy
+    over their common folds, and the paired difference (full − variant)."""
+    full, variants = fold_accuracies(full_folder), fold_accuracies(variants_folder)
+    rows = []
+    for run, folds in sorted(variants.items()):
+        method = next(iter(folds.values()))["method"]
+        common = sorted(set(folds) & set(full.get(method, {})))
+        if not common:
+            continue
+        a = np.array([full[method][f]["accuracy"] for f in common])
+        b = np.array([folds[f]["accuracy"] for f in common])
+        overrides = next(iter(folds.values())).get("settings", {}).get("overrides", {})
+        rows.append({"method": method, "variant": run, "overrides": overrides,
+                     "folds": len(common), "full": float(a.mean()), "full_std": float(a.std()),
+                     "without": float(b.mean()), "without_std": float(b.std()),
+                     "delta": float((a - b).mean()), "delta_std": float((a - b).std()),
+                     "full_better_folds": int((a > b).sum())})
+    return rows
+
+
+def markdown(rows: List[dict]) -> str:
+    lines = ["| method | without (switch) | folds | full | without | full − without (paired) "
+             "| folds where full wins |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        switch = ", ".join(f"{k}: {v}" for k, v in sorted(r["overrides"].items())
+                           if k != "image_size")
+        lines.append(
+            f"| {r['method']} | {r['variant']} (`{switch}`) | {r['folds']} "
+            f"| {r['full']:.1%} ± {r['full_std']:.1%} | {r['without']:.1%} ± {r['without_std']:.1%} "
+            f"| {100 * r['delta']:+.1f} ± {100 * r['delta_std']:.1f} points "
+            f"| {r['full_better_folds']}/{r['folds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", required=True, help="committed results folder of the full methods")
+    p.add_argument("--variants", required=True, help="committed results folder of the variants")
+    p.add_argument("--out", help="also write the table to this Markdown file")
+    args = p.parse_args(argv)
+    text = markdown(paired_rows(args.full, args.variants))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
