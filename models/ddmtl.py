@@ -1,80 +1,18 @@
 """DDMTL: a siamese, shared-weight CNN trained with a reweighted softmax loss
-plus a contrastive loss. Seed: Zheng, Wang, Ji, Zong, Wong, Lai, Lv,
-"Discriminative deep multi-task learning for facial expression recognition"
-(Elsevier, 2020). Paper element by element, with every deviation and its
-reason: docs/methods.md (DDMTL).
+plus a contrastive loss.
 
-Architecture (one branch; both branches share every weight; Sec. 4: 4 conv
-layers, each followed by max-pooling and LRN, one FC layer, softmax)::
+Zheng, Wang, Ji, Zong, Wong, Lai, Lv, "Discriminative deep multi-task learning
+for facial expression recognition" (Elsevier, 2020).
 
-    image [B, 50, 50, 1]
-      -> 4 x (Conv2D(f_b, k) + ReLU -> MaxPool 2x2 -> LRN)
-      -> Flatten -> Dense(embedding_dim) + ReLU            = embedding f(x)
-      -> Dense(8)                                          = logits z(x)
-      -> softmax over the label space seen in training     = probabilities
+* Sec. 4, the network (one branch; both branches share every weight):
+  :func:`build_branch`.
+* Algorithm 1, step iv, the pairs: :func:`form_pairs` (inside the batch).
+* Eqs 3-4, ``W_k``: :func:`sample_weights` (``models.losses.contrastive``).
+* Eq 8, ``L = SL + beta CL``, with Eq 2 (``SL`` from Eq 1's ``SLoss``) and
+  Eqs 5-7 (``CL``): :func:`ddmtl_loss`; per batch :class:`DDMTLModel`.
+* Eq 9 and Sec. 4, SGD with the lr decayed per epoch: :class:`EpochDecay`.
 
-Loss of one batch (Eq 8, ``L = SL + beta CL``)::
-
-    SL = 1/|P| sum_{(i,j) in P} [ W_k(x_i) SLoss(x_i) + W_k(x_j) SLoss(x_j) ]   (Eq 2)
-    CL = 1/|P| sum_{(i,j) in P} 0.5 (1 - Y_ij) D^2 + 0.5 Y_ij max(0, m - D)     (Eqs 5-7)
-
-    SLoss(x)  = softmax cross-entropy of z(x) (Eq 1), masked: logits of emotions
-                outside the sample's ``emotion_mask`` are excluded; a sample
-                with ``emotion == -1`` contributes 0
-    D         = ||f(x_i) - f(x_j)||_2 (Eq 6), Y_ij = 1 for different emotions
-                (``models.losses.contrastive_loss``)
-    W_k(x)    = G(sum_{t=1..T} pCON_t(x) / T) (Eqs 3-4; the reading of pCON and
-                G is in ``models.losses.contrastive``): pCON_t is the mean
-                reachability distance of x among its ``reach_k`` nearest
-                same-class neighbours in embedding space at step t, taken in
-                the batch (``weights_from="batch"``) or against a
-                :class:`models.losses.FeatureMemoryBank` of past embeddings
-                (``weights_from="bank"``). With ``pcon_accumulate`` the values
-                of every step are summed per sample in a
-                :class:`models.losses.PConStore` (``pcon_store_size`` slots,
-                keyed by a hash of the image, ``models.losses.image_keys``), so
-                T is the number of steps whose batch held x: one per pass.
-                Without it T = 1 (this batch only). No gradient flows through W.
-
-Ablations: ``weights_from="none"`` (W = 1: no reweighting), ``beta=0`` (no
-contrastive term), ``pcon_accumulate=False`` (W from this batch only).
-
-How the batch is used:
-
-* **Pairs are formed inside the batch** (:func:`form_pairs`): every labelled
-  sample is the anchor ``x_i`` of exactly one pair; a fraction
-  ``same_pair_ratio`` of the anchors (rounded to the nearest integer count) get a
-  random partner of the same emotion, the others a random partner of a different
-  emotion. When the batch cannot supply a partner of the wanted kind (a class
-  with a single sample, a batch with a single class) the anchor takes the other
-  kind; with neither, it forms no pair.
-* **The second branch reuses the batch's forward pass.** The two branches share
-  every weight and the network has no stochastic layers, so ``f(x_j)`` is the
-  row ``j`` of the batch's outputs; gradients are identical to running two
-  towers. One softmax head serves both branches (Eqs 10-11 update a Theta_1
-  and a Theta_2; see docs/methods.md).
-* The sums over pairs are normalised by the number of pairs, so the loss scale
-  does not depend on the batch size.
-* The input is standardised per image (``standardize``,
-  ``models.backbones.PerImageStandardization``) before the first convolution;
-  without it (and without batch norm, which the paper's net does not have) the
-  small CPU configuration barely learns in the few epochs of a test.
-* **Label set at inference**: the training step records the union of the
-  ``emotion_mask`` of every batch (``models.loss_model.LabelSetMask``); the
-  inference softmax runs over that set (untrained logits, e.g. ``contempt`` for a
-  7-class dataset, get probability 0). Before any training all 8 are allowed.
-* Optimiser: the paper preset is plain SGD (Eq 9) at lr 0.05, multiplied by
-  ``lr_decay`` after every epoch (:meth:`DDMTL.callbacks`); the paper gives no
-  decay factor, batch size, filter counts or margin (ours are listed in
-  docs/methods.md). The small preset uses Adam with far fewer filters so that
-  it trains on a CPU in seconds.
-
-Saving: like every ``models.loss_model.LossModel``, the training model
-round-trips through ``save_weights``/``load_weights`` (rebuild it with
-``DDMTL().build(cfg)`` first); the inference model is a plain functional model
-that round-trips as ``.keras`` (its custom layers, ``LocalResponseNormalization``
-and ``LabelSetMask``, are registered, so no ``custom_objects`` are needed once
-``models.ddmtl`` is imported).
+Deviations and reading choices: docs/methods.md, section DDMTL.
 """
 
 from __future__ import annotations
@@ -199,12 +137,17 @@ def sample_weights(embedding, emotion, k: int, bank=None, store=None, slots=None
 
 def ddmtl_loss(logits, embedding, emotion, emotion_mask, partner, same, pair_valid,
                weights=None, beta: float = 0.01, margin: float = 1.0) -> Dict[str, tf.Tensor]:
-    """Eq 8 of one batch of pairs: ``{"loss", "softmax", "contrastive", "accuracy"}``.
+    """Eq 8 of one batch of pairs: ``{"loss", "softmax", "contrastive", "accuracy"}``::
 
-    ``softmax`` = Eq 2, ``1/|P| sum_(i,j) [W_i SLoss_i + W_j SLoss_j]``;
-    ``contrastive`` = ``1/|P| sum_(i,j) CL_ij`` with ``CL`` of Eq 7
-    (``models.losses.contrastive_loss``, ``Y_ij = 1 - same``);
-    ``loss = softmax + beta * contrastive``. ``weights`` None means ``W = 1``.
+        SL = 1/|P| sum_{(i,j) in P} [ W_k(x_i) SLoss(x_i) + W_k(x_j) SLoss(x_j) ]   (Eq 2)
+        CL = 1/|P| sum_{(i,j) in P} 0.5 (1 - Y_ij) D^2 + 0.5 Y_ij max(0, m - D)     (Eqs 5-7)
+        L  = SL + beta CL                                                          (Eq 8)
+
+    ``SLoss`` (Eq 1) is the softmax cross-entropy of the logits with those
+    outside the sample's ``emotion_mask`` excluded (0 for ``emotion == -1``);
+    ``D = ||f(x_i) - f(x_j)||_2`` (Eq 6, ``models.losses.pair_distance``),
+    ``Y_ij = 1 - same`` (``models.losses.contrastive_loss``). ``softmax`` is
+    ``SL``, ``contrastive`` is ``CL``; ``weights`` None means ``W = 1``.
     """
     ce = masked_softmax_cross_entropy(emotion, logits, emotion_mask)
     sl = ce["per_sample"]                     # [B]
@@ -227,10 +170,18 @@ def ddmtl_loss(logits, embedding, emotion, emotion_mask, partner, same, pair_val
 # network
 # --------------------------------------------------------------------------
 def build_branch(cfg: Dict[str, Any]) -> keras.Model:
-    """One siamese branch: ``image -> {"logits", "embedding", "probabilities"}``.
+    """One siamese branch: ``image -> {"logits", "embedding", "probabilities"}``::
 
-    ``probabilities`` is the softmax of the logits restricted to the label set
-    seen in training (``models.loss_model.LabelSetMask``, layer ``label_set``)."""
+        image [B, 50, 50, 1] -> per-image standardisation (``standardize``)
+          -> 4 x (Conv2D(f_b, k) + ReLU -> MaxPool 2x2 -> LRN)
+          -> Flatten -> Dense(embedding_dim) + ReLU            = embedding f(x)
+          -> Dense(8)                                          = logits z(x)
+          -> softmax over the label set seen in training     = probabilities
+
+    The label set is the union of every training batch's ``emotion_mask``
+    (``models.loss_model.LabelSetMask``, layer ``label_set``): untrained logits
+    (e.g. ``contempt`` for a 7-class dataset) get probability 0; before any
+    training all 8 are allowed."""
     s = int(cfg["image_size"])
     image = keras.Input((s, s, 1), name="image")
     x = (backbones.PerImageStandardization(name="standardize")(image) if cfg["standardize"]
@@ -253,8 +204,10 @@ def build_branch(cfg: Dict[str, Any]) -> keras.Model:
 class DDMTLModel(LossModel):
     """Training model (``models.loss_model.LossModel``): the shared branch ``net``
     plus the in-batch pair forming of :func:`form_pairs` and the loss of
-    :func:`ddmtl_loss`. Save/restore with ``save_weights``/``load_weights``
-    (the memory bank and the pCON store, when used, are part of the weights)."""
+    :func:`ddmtl_loss`. The second siamese branch is the same forward pass:
+    ``f(x_j)`` is row ``j`` of the batch's outputs. Save/restore with
+    ``save_weights``/``load_weights`` after ``DDMTL().build(cfg)`` (the memory
+    bank and the pCON store, when used, are part of the weights)."""
 
     loss_terms = ("loss", "softmax", "contrastive", "same_pairs", "accuracy")
 
@@ -305,7 +258,10 @@ _LRN = {"depth_radius": 2, "bias": 1.0, "alpha": 1e-4, "beta": 0.75}
 
 
 class DDMTL(Method):
-    """Siamese DDMTL (see the module docstring for the equations)."""
+    """Siamese DDMTL (see the module docstring for the equations).
+
+    Ablations: ``weights_from="none"`` (W = 1: no reweighting), ``beta=0`` (no
+    contrastive term), ``pcon_accumulate=False`` (W from this batch only)."""
 
     name = "ddmtl"
     presets = {
@@ -364,7 +320,11 @@ class DDMTL(Method):
         return model
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
-        """``image -> {"probabilities", "embedding"}`` (shares the branch's weights)."""
+        """``image -> {"probabilities", "embedding"}`` (shares the branch's weights).
+        A plain functional model that round-trips as ``.keras``: its custom
+        layers, ``LocalResponseNormalization`` and ``LabelSetMask``, are
+        registered, so no ``custom_objects`` are needed once ``models.ddmtl`` is
+        imported."""
         net = model.net
         return keras.Model(net.inputs, {"probabilities": net.output["probabilities"],
                                         "embedding": net.output["embedding"]},

@@ -1,103 +1,23 @@
 """Multi-dataset network: component CNNs, each pre-trained on its own dataset,
-fine-tuned on the other's and integrated by a weighted sum. Seed: Yang, Li,
-Cao, "Facial Expression Recognition Based on Multi-dataset Neural Network"
-(center loss and MD loss; deviations: docs/methods.md, multi-dataset network).
+fine-tuned on the other's and integrated by a weighted sum of their scores.
 
-Component CNN ``C_j`` (one per dataset, ``n_components`` = 2)::
+Yang, Li, Cao, "Facial Expression Recognition Based on Multi-dataset Neural
+Network"; its centre loss is Wen, Zhang, Li, Qiao, "A Discriminative Feature
+Learning Approach for Deep Face Recognition" (ECCV 2016).
 
-    image [B, 48, 48, 1] -> per-image standardisation
-      -> conv1 (k5) + CReLU -> max-pool
-      -> conv2 (k3) + CReLU -> max-pool
-      -> inception module                      (after the 2nd conv)
-      -> conv3 (k3) + CReLU
-      -> conv4 (k3) + CReLU -> max-pool
-      -> conv5 (k3) + CReLU -> max-pool
-      -> FC(fc_units) + PReLU -> dropout -> FC(fc_units) + PReLU  = features f_j
-      -> dropout -> FC(8)                                            = scores C_j
+* Sec. 3.2.1, the component CNN ``C_j``: :func:`build_component`; the
+  components and their integration: :func:`build_network`.
+* Sec. 3.2.2, ``S_i = sum_j lambda_j C_{j,i}`` with ``sum_j lambda_j = 1``:
+  :class:`WeightedSum`.
+* Eqs 1-5, centre loss and centre update: :class:`models.losses.CenterLoss`,
+  one per component (:class:`MultiDatasetModel`).
+* Eqs 6-9, MD loss: :func:`models.losses.md_loss`.
+* Eq 10, ``L = 1/N sum_i lambda_i L_MDi``: :func:`models.losses.multi_dataset_loss`
+  in :meth:`MultiDatasetModel.stage_loss`.
+* Sec. 4, pre-train / fine-tune / integrate: :meth:`MultiDatasetModel.stage_loss`,
+  :class:`StageSchedule` (one ``fit``), :func:`train_stages`, :func:`set_stage`.
 
-(paper preset: two FC of 2048, dropout 0.65; small preset: far narrower.)
-
-Weighted-sum integration of the component scores::
-
-    S_i = sum_j lambda_j C_{j,i},   lambda = softmax(a)  so  sum_j lambda_j = 1
-
-``a`` is learnable when ``learn_lambda`` is true; otherwise
-``a = log(lambdas)`` is fixed (``lambdas`` renormalised to sum to 1). ``C_{j,i}``
-is taken as component ``j``'s pre-softmax score for emotion ``i``; the
-probabilities are ``softmax(S)`` over the label set seen in training
-(``models.loss_model.LabelSetMask``). The exported ``embedding`` is
-``sum_j lambda_j f_j`` (same lambda).
-
-Loss of a subset ``D`` of samples for scores ``z`` and features ``f``::
-
-    L(D) = CE_mask(z, y)  +  center_weight * L_C(f, y)  +  md_weight * L_MD(f, y)
-
-* ``CE_mask``: masked softmax cross-entropy (logits of emotions outside a
-  sample's ``emotion_mask`` are excluded, so a sample is never penalised on a
-  label its dataset lacks; ``emotion == -1`` contributes nothing);
-* ``L_C`` (Eqs. 1-5): center loss ``1/2 ||f - c_y||^2`` averaged over the
-  subset (``models.losses.CenterLoss`` with ``reduction="mean"``, so the weight
-  does not depend on the batch size), the centres updated by the alpha rule;
-  one centre set per component (each lives in its own feature space);
-* ``L_MD`` (Eqs. 6-9): the MD loss, a log-ratio of the own-centre term to the
-  ``md_nearest`` (P) nearest other-class centres, normalised by phi (Eq 8) and
-  averaged over the subset (``models.losses.md_loss``: ``md_variant``,
-  ``md_hinge``, ``md_lambda``; what was printed and what is computed is in its
-  module docstring and docs/methods.md). Since phi divides the distances, the
-  term does not grow with the feature scale; ``L_C`` (Eq 1) does.
-
-Multi-dataset weighted sum (Eq. 10)::
-
-    L = sum_d w_d L(D_d)        (models.losses.multi_dataset_loss, w = dataset_weights)
-
-where ``D_d`` are the samples of dataset ``d`` (``dataset_id``) in the batch.
-
-Training stages (the training model's ``stage``; the train step is traced for
-one stage, so switch with :func:`set_stage`, which also retraces, or let
-:class:`StageSchedule` / :func:`train_stages` do it):
-
-=====  ============  ====================================================  =========
-stage  name          loss                                                  lr
-=====  ============  ====================================================  =========
-0      pretrain      sum_j L_j(D_j): component j on its own dataset j      lr
-1      finetune      sum_j sum_{d != j} w_d L_j(D_d): j on the other's     lr / 10
-2      integrate     Eq. 10 on S (all components and lambda train)        lr / 10
-=====  ============  ====================================================  =========
-
-(``L_j`` uses ``C_j`` and ``f_j``; in stage 2 the centre/MD terms are summed over
-the components' features.) Both components train at the same time in stages 0
-and 1: they share no weight, so this equals training them one after the other.
-
-Interpretation choices:
-
-* Dataset ``d`` belongs to component ``d mod n_components``; samples with
-  ``dataset_id == -1`` count as dataset 0. In a single-dataset run component 1
-  has no own data in stage 0, learns in stage 1 (dataset 0 is "the other's")
-  and ``lambda`` can move weight to component 0 in stage 2.
-* The paper leaves the fine-tune and integration schedule open; the defaults
-  split the epochs of one ``fit`` 60 % / 20 % / 20 % (``stage_fractions``) and
-  use lr x (1, 0.1, 0.1) (``stage_lr_factors``; "fine-tuned with lr/10").
-* **Initialisation and FC activation**: the conv layers and the inception
-  module use He-normal init (``conv_initializer``) and the FC layers PReLU
-  (``fc_activation``, as in Wen et al.'s centre-loss network). With Keras'
-  default Glorot init the signal shrank ~8x through the five conv layers;
-  at lr 2e-3 and batch 16 the inception module's ReLUs then died within ~100
-  steps, every face got the same scores and CE sat at ln 7 per component,
-  with or without the centre / MD losses (``tests/test_multidataset.py``
-  pins this). ``conv_initializer="glorot_uniform"``, ``fc_activation="relu"``
-  restore the old network.
-* The input is standardised per image (``standardize``), and the small preset
-  drops the dropout: both make the tiny CPU configuration learn in a few
-  epochs; the paper preset keeps dropout 0.65.
-* The centre/MD terms of a dataset subset are computed on that subset, so the
-  centres may be updated once per (component, dataset) per step.
-
-Saving: like every ``models.loss_model.LossModel``, the training model
-round-trips through ``save_weights``/``load_weights`` (centres, lambda and the
-stage included; ``load_weights`` also switches to the saved stage); the
-inference model is a plain functional model that round-trips as ``.keras``
-(``CReLU``, ``InceptionModule``, ``WeightedSum``, ``backbones.PerImageStandardization``
-and ``LabelSetMask`` are registered Keras objects).
+Deviations and reading choices: docs/methods.md, section Multi-dataset network.
 """
 
 from __future__ import annotations
@@ -127,7 +47,9 @@ STAGES = ("pretrain", "finetune", "integrate")
 # --------------------------------------------------------------------------
 @keras.saving.register_keras_serializable(package="fermtl.multidataset")
 class WeightedSum(keras.layers.Layer):
-    """``S = sum_j lambda_j C_j`` with ``lambda = softmax(a)`` (weighted-sum integration).
+    """``S = sum_j lambda_j C_j`` with ``lambda = softmax(a)`` (weighted-sum
+    integration, Sec. 3.2.2), so ``sum_j lambda_j = 1``; ``C_j`` are the
+    components' pre-softmax scores.
 
     ``a`` (``lambda_logits``) is trainable iff ``learn`` is true; it starts at
     ``log(init)`` (``init`` renormalised to sum to 1; uniform when None).
@@ -176,7 +98,17 @@ def fc_activation(kind: str, name: str) -> keras.layers.Layer:
 
 
 def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
-    """Component CNN ``C_index``: ``image -> {"logits", "features"}``."""
+    """Component CNN ``C_index``: ``image -> {"logits", "features"}``::
+
+        image -> per-image standardisation (``standardize``)
+          -> 5 x (Conv2D(conv_filters[i], conv_kernels[i]) + CReLU
+                  [-> max-pool 2 x 2 after the convs in ``pool_after``]),
+             the inception module after conv 2
+          -> FC(fc_units) + act -> dropout -> FC(fc_units) + act  = features
+          -> dropout -> FC(8)                                       = logits
+
+    ``act`` is :func:`fc_activation`; the conv layers and the inception module
+    use ``conv_initializer``."""
     s = int(cfg["image_size"])
     image = keras.Input((s, s, 1), name="image")
     f = cfg["conv_filters"]
@@ -205,7 +137,9 @@ def build_component(cfg: Dict[str, Any], index: int) -> keras.Model:
 
 
 def build_network(cfg: Dict[str, Any]) -> keras.Model:
-    """``image -> {"logits_j", "features_j" (j < n), "logits" (S), "probabilities"}``."""
+    """``image -> {"logits_j", "features_j" (j < n), "logits" (S), "probabilities"}``;
+    ``probabilities`` is ``softmax(S)`` over the label set seen in training
+    (``models.loss_model.LabelSetMask``)."""
     s = int(cfg["image_size"])
     n = int(cfg["n_components"])
     image = keras.Input((s, s, 1), name="image")
@@ -239,9 +173,11 @@ def _only(emotion, member):
 
 class MultiDatasetModel(LossModel):
     """Training model (``models.loss_model.LossModel``): the integrated network
-    ``net``, one :class:`models.losses.CenterLoss` per component, the ``stage``
-    variable and the staged loss (module docstring). Save/restore with
-    ``save_weights``/``load_weights`` (centres and stage are part of the weights)."""
+    ``net``, one :class:`models.losses.CenterLoss` per component (each in its own
+    feature space), the ``stage`` variable and the staged loss
+    (:meth:`stage_loss`). Save/restore with ``save_weights``/``load_weights``
+    (centres, lambda and stage are part of the weights; ``load_weights`` also
+    switches to the saved stage)."""
 
     loss_terms = ("loss", "ce", "center", "md", "accuracy")
 
@@ -278,9 +214,29 @@ class MultiDatasetModel(LossModel):
         return tf.cast(center, tf.float32), tf.cast(md, tf.float32)
 
     def stage_loss(self, batch, outputs, stage: int, training: bool = False):
-        """``{"loss", "ce", "center", "md"}`` of stage ``stage`` (a Python int; see
-        the table in the module docstring). With ``training`` the centres move
-        (alpha rule)."""
+        """``{"loss", "ce", "center", "md"}`` of stage ``stage`` (a Python int).
+        With ``training`` the centres move (alpha rule).
+
+        Loss of a subset ``D`` of the batch for scores ``z`` and features ``f``::
+
+            L(D) = CE_mask(z, y) + center_weight * L_C(f, y) + md_weight * L_MD(f, y)
+
+        ``CE_mask`` the masked softmax cross-entropy, ``L_C`` and ``L_MD``
+        averaged over the subset's labelled samples. ``D_d`` are the samples of
+        dataset ``d`` (``dataset_id``; dataset ``d`` belongs to component
+        ``d mod n``, :func:`dataset_groups`), ``w`` = ``dataset_weights``:
+
+        =====  ==========  ==================================================  =======
+        stage  name        loss                                                lr
+        =====  ==========  ==================================================  =======
+        0      pretrain    ``sum_j L_j(D_j)``: component j on its own dataset  lr
+        1      finetune    ``sum_j sum_{d != j} w_d L_j(D_d)``: on the others  lr / 10
+        2      integrate   Eq 10 on ``S``; all components and lambda train     lr / 10
+        =====  ==========  ==================================================  =======
+
+        ``L_j`` uses ``C_j`` and ``f_j``; in stage 2 the centre / MD terms are
+        summed over the components' features. The lr factors are
+        ``stage_lr_factors`` (:func:`set_stage`)."""
         cfg = self.cfg
         emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
         mask = batch["emotion_mask"]
@@ -422,7 +378,8 @@ def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (
 # method
 # --------------------------------------------------------------------------
 class MultiDatasetNet(Method):
-    """Two component CNNs integrated by a weighted sum (module docstring)."""
+    """Two component CNNs integrated by a weighted sum (module docstring);
+    presets ``small`` (CPU) and ``paper``."""
 
     name = "multidataset"
     presets = {
@@ -487,7 +444,10 @@ class MultiDatasetNet(Method):
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
         """``image -> {"probabilities", "embedding"}``; the embedding is the
-        lambda-weighted sum of the components' features."""
+        lambda-weighted sum of the components' features. A plain functional
+        model that round-trips as ``.keras`` (``CReLU``, ``InceptionModule``,
+        ``WeightedSum``, ``backbones.PerImageStandardization`` and
+        ``LabelSetMask`` are registered Keras objects)."""
         net = model.net
         feats = [net.output[f"features_{j}"] for j in range(int(cfg["n_components"]))]
         emb = net.get_layer("integration")(feats)     # same lambda as the scores

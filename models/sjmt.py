@@ -2,70 +2,24 @@
 
 Pons & Masip, "Multi-task, multi-label and multi-domain learning with residual
 convolutional networks for emotion recognition" (arXiv:1802.06664, 2018).
-docs/methods.md (section SJMT) sets every element beside the paper: what is
-faithful, what the paper leaves open and each deviation. This docstring says
-what the code does.
 
-``variant`` (Fig. 1 of the paper):
+* Fig. 1(c) and Eq 2, one ResNet with ONE fully connected layer of sigmoid
+  outputs over the union label space: :meth:`SJMT.build_net`
+  (:func:`models.backbones.cifar_resnet`; outputs :func:`label_names`).
+* Eq 1, the selective sigmoid cross-entropy:
+  :func:`models.losses.selective_sigmoid_cross_entropy` on the targets and
+  masks of :func:`sjmt_targets`, in :meth:`SJMTModel.compute_batch_loss`.
+* Fig. 1(b) and (a), the baselines: ``variant`` ``"classical"`` (Table 2) and
+  ``"single"`` (ablation "single task"); the samples a step uses:
+  :func:`step_samples`.
+* Eq 3, AU accuracy: ``models.metrics.au_metrics``.
+* Sec. 4.3 and Table 4, compound emotions: :data:`PAPER_COMPOUNDS`,
+  :func:`compound_targets`, :func:`compound_accuracy`
+  (:meth:`SJMT.evaluate_compounds`).
+* Sec. 4, presets ``resnet32`` (ResNet-32) and ``paper`` (ResNet-110);
+  ``small`` is a CPU preset.
 
-* ``"sjmt"`` (Fig. 1(c)): one CIFAR-style ResNet
-  (:func:`models.backbones.cifar_resnet`) with ONE fully connected layer of
-  sigmoid outputs (Eq 2) over the *union* label space of all datasets::
-
-      outputs 0..7     the 8 emotions of contract.EMOTIONS
-      outputs 8..24    the 17 AUs of contract.AUS
-      outputs 25..     optional compound emotions (``compound=True``)
-
-  trained with the selective sigmoid cross-entropy (Eq 1,
-  :func:`models.losses.selective_sigmoid_cross_entropy`, ``loss_normalizer``
-  its ``N``): each sample is only supervised on the labels its dataset
-  annotates; batches mix the datasets.
-* ``"classical"`` (Fig. 1(b), the classical multi-task baseline of Table 2):
-  the same ResNet with one output layer and loss per task (emotion: softmax
-  cross-entropy over the dataset's label set; AUs: sigmoid cross-entropy;
-  compounds: sigmoid cross-entropy), and batches of one dataset at a time.
-  The input pipeline delivers mixed batches, so each training step keeps the
-  samples of one dataset only — the ``step mod K``-th of the ``K`` datasets
-  present in the batch, in ``dataset_id`` order — and runs the forward pass
-  (batch norm included) and the loss on them alone (:meth:`SJMTModel.train_step`).
-* ``"single"`` (Fig. 1(a), ablation "single task"): the emotion task alone —
-  the softmax emotion head (and the compound head with ``compound=True``, the
-  "single" network of Table 4), trained on the samples whose dataset labels
-  emotions; AU labels are never read.
-
-Per-sample targets (:func:`sjmt_targets`): emotions the one-hot of
-``emotion`` (``emotion_multihot`` when the batch carries it), masked by
-``emotion_mask`` (the dataset's label set); AUs ``aus`` binarised at
-``au_threshold`` (occurrence; ``None`` keeps intensities as soft targets),
-masked by ``aus_mask``; compounds below.
-
-Inference outputs: ``probabilities`` ``[B, 8]`` over ``contract.EMOTIONS``
-restricted to the emotions some training dataset labels
-(:class:`models.loss_model.LabelSetMask`) — for ``sjmt`` the sigmoid scores
-renormalised to sum to 1 (argmax unchanged), else the softmax; ``aus``
-``[B, 17]`` AU occurrence probabilities (not for ``single``); ``compound``
-``[B, P]`` with ``compound=True``; ``embedding`` the pooled ResNet features.
-
-Compound emotions (Sec. 4.3; Du, Tao & Martinez, PNAS 2014). A compound is
-an *ordered* pair of basic emotions ``(modifier, base)`` named
-"<adverb of the modifier>_<adjective of the base>", e.g. ``fearfully_angry``
-= (fear, anger) (:func:`compound_name`, :func:`parse_compound`). The default
-``compound_pairs`` are the paper's eight, :data:`PAPER_COMPOUNDS`. The
-contract has no compound field: a compound label is a multi-hot emotion
-target (``emotion_multihot``) with both emotions on, so two orders of one
-pair cannot both be outputs. The target of pair ``(a, b)`` is ``t_a t_b``
-and its mask ``m_a m_b c``, ``c`` = the sample's dataset labels compounds
-(batch key ``compound_mask``, else dataset in ``cfg["compound_datasets"]``,
-else at least two emotions on). :func:`compound_accuracy` scores the
-compound task as Table 4 (per compound, their mean, all images).
-
-Presets: ``paper`` = ResNet-110, ``resnet32`` = ResNet-32 (Sec. 4: batch
-128, SGD lr 0.05 decayed every 10,000 steps, padding + random crops, 32 x 32
-input). ``small`` is a CPU preset for tests and benchmarks: ResNet-8 (n = 1,
-width 16) on 48 px faces with a stride-2 stem and the last feature map
-average-pooled to a 3 x 3 grid (:func:`models.backbones.cifar_resnet`),
-batch 16, no random crops, Eq 1 normalised per sample by its number of
-labels; the label space and AU targets are the paper's.
+Deviations and reading choices: docs/methods.md, section SJMT.
 """
 
 from __future__ import annotations
@@ -152,8 +106,9 @@ def compound_label_names(pairs=None) -> List[str]:
 
 
 def label_names(cfg: Dict[str, Any]) -> List[str]:
-    """Names of all sigmoid outputs of the ``sjmt`` variant in order
-    (emotions, AUs, compounds)."""
+    """Names of all sigmoid outputs of the ``sjmt`` variant in order: outputs
+    0..7 the emotions of ``contract.EMOTIONS``, 8..24 the 17 AUs of
+    ``contract.AUS``, then the compound emotions (``compound=True``)."""
     names = list(contract.EMOTIONS) + list(contract.AU_NAMES)
     if cfg.get("compound"):
         names += compound_label_names(cfg["compound_pairs"])
@@ -176,8 +131,11 @@ def compound_output_index(pair, cfg: Dict[str, Any]) -> int:
 
 def compound_targets(multihot: tf.Tensor, emotion_mask: tf.Tensor, has_compound: tf.Tensor,
                      pairs: Sequence[Tuple[int, int]]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """``(targets, mask)`` ``[B, P]`` of the compound outputs (module docstring):
-    target ``t_a t_b``, mask ``m_a m_b c``."""
+    """``(targets, mask)`` ``[B, P]`` of the compound outputs: for the pair
+    ``(a, b)`` target ``t_a t_b`` (``multihot``) and mask ``m_a m_b c``
+    (``emotion_mask``; ``c`` = ``has_compound``, the sample's dataset labels
+    compounds). A compound is an *ordered* pair ``(modifier, base)`` named
+    "<adverb of the modifier>_<adjective of the base>" (:func:`compound_name`)."""
     a = [p[0] for p in pairs]
     b = [p[1] for p in pairs]
     multihot = tf.cast(multihot, tf.float32)
@@ -226,7 +184,15 @@ def compound_accuracy(true_class, scores, names: Sequence[str]) -> Dict[str, Any
 
 def sjmt_targets(batch: Dict[str, tf.Tensor], cfg: Dict[str, Any],
                  compound_dataset_ids: Sequence[int] = ()) -> Tuple[tf.Tensor, tf.Tensor]:
-    """``(labels, mask)`` over the union label space for a model-input batch."""
+    """``(labels, mask)`` over the union label space for a model-input batch.
+
+    Emotions: the one-hot of ``emotion`` (``emotion_multihot`` when the batch
+    carries it), masked by ``emotion_mask`` (the dataset's label set). AUs:
+    ``aus`` binarised at ``cfg["au_threshold"]`` (occurrence; ``None`` keeps
+    intensities as soft targets), masked by ``aus_mask``. Compounds
+    (:func:`compound_targets`): ``c`` is the batch's ``compound_mask`` when it
+    has one, else the sample's dataset is in ``compound_dataset_ids`` or at
+    least two of its emotions are on."""
     emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
     if "emotion_multihot" in batch:
         emo_t = tf.cast(batch["emotion_multihot"], tf.float32)
@@ -324,7 +290,19 @@ def select_samples(batch: Dict[str, tf.Tensor], keep: tf.Tensor) -> Dict[str, tf
 
 
 class SJMTModel(LossModel):
-    """Training model of :class:`SJMT` (all variants, module docstring)."""
+    """Training model of :class:`SJMT`, all variants (Fig. 1 of the paper):
+
+    * ``"sjmt"`` (c): Eq 1 over the union label space; batches mix the datasets.
+    * ``"classical"`` (b): one output layer and loss per task (emotion: softmax
+      cross-entropy over the dataset's label set; AUs and compounds: sigmoid
+      cross-entropy); each step keeps the samples of the ``step mod K``-th of
+      the ``K`` datasets in the batch (:func:`step_samples`) and runs the
+      forward pass (batch norm included) and the loss on them alone
+      (:meth:`train_step`).
+    * ``"single"`` (a): the softmax emotion head (and the compound head with
+      ``compound=True``) on the samples whose dataset labels emotions; AU
+      labels are never read.
+    """
 
     loss_terms = ("loss", "emotion_loss", "au_loss", "emotion_accuracy")
 
@@ -478,6 +456,12 @@ class SJMT(Method):
         return model
 
     def inference_model(self, model: keras.Model, cfg: Dict[str, Any]) -> keras.Model:
+        """``probabilities`` ``[B, 8]`` over ``contract.EMOTIONS`` restricted to the
+        emotions some training dataset labels (``LabelSetMask``): for ``sjmt``
+        the sigmoid scores renormalised to sum to 1 (argmax unchanged), else
+        the softmax; ``aus`` ``[B, 17]`` AU occurrence probabilities (not for
+        ``single``); ``compound`` ``[B, P]`` with ``compound=True``;
+        ``embedding`` the pooled ResNet features."""
         net = model.net
         keep = [k for k in ("probabilities", "aus", "embedding", "compound")
                 if k in net.output]

@@ -1,7 +1,8 @@
 """Convolutional Feature Leaky Unit (ConvFLU) of FERSNet.
 
-Seed paper: FERSNet (facial expression recognition + synthesis multi-task
-network), Eqs 1-4.  The unit fuses the features of two task branches in a
+Zhao, Liu, Xiao, Lun, Lam, "Deep Multi-task Learning for Facial Expression
+Recognition and Synthesis Based on Selective Feature Sharing" (FERSNet, ICPR
+2020), Eqs 1-4.  The unit fuses the features of two task branches in a
 GRU-like way; for the target branch ``x`` receiving from the source branch
 ``y`` (``*`` = 2-D convolution, ``[., .]`` = channel concatenation)::
 
@@ -12,8 +13,12 @@ GRU-like way; for the target branch ``x`` receiving from the source branch
 
 ``r`` has the channels of ``F_y`` (it filters what leaks from the source);
 ``z``, ``F~`` and ``F_x'`` have the channels of ``F_x``.  All convolutions use
-``"same"`` padding and stride 1.  The paper uses 1x1 kernels; the authors'
-code uses 3x3 (``kernel_size`` argument).
+``"same"`` padding and stride 1.  ``kernel_size`` defaults to 1, the paper's
+size (Sec. IV-A: "all the convolutional kernels are of size 3×3, with padding
+1 and stride 1, except for those in ConvFLUs, where the kernel size is 1×1
+with padding 0"; "same" padding of a 1 x 1 kernel is padding 0).
+
+Deviations and reading choices: docs/methods.md, section FERSNet.
 """
 
 from __future__ import annotations

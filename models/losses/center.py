@@ -1,62 +1,18 @@
-"""Center loss (Eqs 1-5), MD loss (Eqs 6-9) and the Eq 10 dataset-weighted total.
+"""Centre loss (Eqs 1-5), MD loss (Eqs 6-9) and the Eq 10 dataset-weighted total.
 
-Seed: Yang, Li, Cao, "Facial Expression Recognition Based on Multi-dataset
-Neural Network", Sec. 3.2.2, with the center loss of Wen, Zhang, Li, Qiao,
-"A Discriminative Feature Learning Approach for Deep Face Recognition" (ECCV
-2016). Every deviation from the printed text, and why: docs/methods.md
-(multi-dataset network).
+Yang, Li, Cao, "Facial Expression Recognition Based on Multi-dataset Neural
+Network", Sec. 3.2.2, with the centre loss of Wen, Zhang, Li, Qiao, "A
+Discriminative Feature Learning Approach for Deep Face Recognition" (ECCV
+2016).
 
-Center loss, as printed (``k`` samples)::
+* Eq 1 (its gradient Eq 3): :func:`center_loss`; :class:`CenterLoss` (Eqs 1-5
+  with the centres as a layer's weights).
+* Eqs 4-5 and Algorithm 1, line 7, the centre update: :func:`center_update`.
+* Eqs 6 / 9, the MD loss: :func:`md_loss`; Eq 7 :func:`md_lambda`; Eq 8
+  :func:`md_phi`; Eq 9's ``P`` nearest centres :func:`nearest_other_centers`.
+* Eq 10: :func:`multi_dataset_loss`.
 
-    L_C = 1/2 sum_{i=1..k} ||x_i - c_{y_i}||^2                               (Eq 1)
-    L   = L_S + lambda L_C                                                   (Eq 2)
-    dL_C/dx_i = x_i - c_{y_i}                                                (Eq 3)
-    Delta c_j = sum_i d(y_i, j) (x_i - c_{y_i}) / (1 + sum_i d(y_i, j))      (Eq 4)
-    c_j^{t+1} = c_j^t - alpha Delta c_j^t                       (Algorithm 1, line 7)
-
-With the printed sign of Eq 4, ``c_j - alpha Delta c_j`` moves each centre
-*away* from its features. :func:`center_update` keeps Wen et al.'s sign,
-``Delta c_j = sum_i d(y_i, j) (c_j - x_i) / (1 + n_j)``, which moves it towards
-them. :class:`CenterLoss` with ``reduction="mean"`` divides Eq 1 by the number
-of labelled samples (``1/2`` and the batch mean, as Wen et al.'s released
-center-loss layer does), so its weight does not depend on the batch size.
-
-MD loss, printed (Eq 6; Eq 9 is the same with the sum limited to ``P``)::
-
-    L_MD = - sum_{i=1..N} log [ exp( 1/phi ||x_i - c_{y_i}||^2 - lambda )
-                                / sum_{j=1, j != i}^{k} exp( -1/phi ||x_i - c_{y_j}||^2 ) ]   (Eq 6)
-    lambda = sum_{i=1, j=1, j != i}^{k} c_i . c_j / (||c_i||_2 ||c_j||_2)                    (Eq 7)
-    phi    = 1/2 sum_{i=1..k} ||x_i - c_{y_i}||^2                                           (Eq 8)
-
-and Eq 9 prints ``c_{y_i}`` in the denominator too. Read literally the
-numerator's ``+1/phi`` makes the loss *fall* as ``x_i`` moves away from its own
-centre, and Eq 9's denominator would not depend on the other centres. What
-:func:`md_loss` computes (``variant="log_ratio"``), per labelled sample::
-
-    L_i = -log [ exp(-d_{i,y_i} / phi - lambda) / sum_{j in N_P(y_i)} exp(-d_{ij} / phi) ]
-        = d_{i,y_i} / phi + lambda + log sum_{j in N_P(y_i)} exp(-d_{ij} / phi)
-
-    d_{ij}  = ||x_i - c_j||^2
-    N_P(y)  = the P centres j != y nearest to c_y ("skip some class centers which
-              are relatively far away from the current center"); P = C - 1 is Eq 6
-    phi     = 1/2 mean_i d_{i,y_i} over the labelled samples (Eq 8 with the mean:
-              the text calls phi "the variance"; the printed sum would shrink 1/phi
-              with the batch size); gradient stopped
-    lambda  = Eq 7 averaged over the C (C - 1) ordered centre pairs
-              (``lambda_reduction="mean"``, in [-1, 1]); ``"sum"`` is Eq 7 as printed
-
-``phi`` makes ``L_i`` independent of the feature scale; ``lambda`` depends on
-the centres only (no gradient), so without the hinge it shifts the value, not
-the gradient. The
-loss is not bounded below (``log sum exp(-d_ij / phi)`` falls as the other
-centres move away); ``hinge=True`` clips ``L_i`` at 0 as the Magnet loss
-(Rippel et al. 2016), whose form Eq 6 follows, does. ``variant="margin_hinge"``
-is the loss fer-mtl used before (not the paper's)::
-
-    L_i = 1/P sum_{k in N_P(y_i)} max(0, d_{i,y_i} - d_{ik} + lambda_{y_i,k}),
-    lambda_{j,k} = margin_scale * mean_i d_{i,y_i} * (1 + cos(c_j, c_k)) / 2
-
-Centers get no gradient from either (they move by :func:`center_update`).
+Deviations and reading choices: docs/methods.md, section Multi-dataset network.
 """
 
 from __future__ import annotations
@@ -197,12 +153,26 @@ def md_loss(features, labels, centers, p=None, variant: str = "log_ratio", phi=N
             reduction: str = "none"):
     """MD loss of Yang et al. Eqs 6/9 (``p`` None: Eq 6; else Eq 9), per sample.
 
+    ``variant="log_ratio"`` (Eqs 6/9), per labelled sample::
+
+        L_i = -log [ exp(-d_{i,y_i} / phi - lambda) / sum_{j in N_P(y_i)} exp(-d_{ij} / phi) ]
+            = d_{i,y_i} / phi + lambda + log sum_{j in N_P(y_i)} exp(-d_{ij} / phi)
+
+    with ``d_{ij} = ||x_i - c_j||^2``, ``N_P(y)`` the ``P`` centres nearest to
+    ``c_y`` (:func:`nearest_other_centers`), ``phi`` Eq 8 (:func:`md_phi`) and
+    ``lambda`` Eq 7 (:func:`md_lambda`). ``variant="margin_hinge"``::
+
+        L_i = 1/P sum_{k in N_P(y_i)} max(0, d_{i,y_i} - d_{ik} + lambda_{y_i,k}),
+        lambda_{j,k} = margin_scale * phi * (1 + cos(c_j, c_k)) / 2
+
+    with ``phi`` there the mean of ``d_{i,y_i}`` over the labelled samples.
+
     Args:
       features: ``[B, D]``; labels: ``[B]`` int (< 0: no loss); centers: ``[C, D]``
         (e.g. ``CenterLoss.centers``; no gradient flows to them).
       p: ``P``, the number of nearest other centres (clipped to ``C - 1``).
-      variant: ``"log_ratio"`` (the paper, module docstring) or
-        ``"margin_hinge"`` (fer-mtl's earlier loss).
+      variant: ``"log_ratio"`` (the paper) or ``"margin_hinge"`` (fer-mtl's
+        earlier loss).
       phi: fixed ``phi``; default Eq 8 on the batch (:func:`md_phi`; for
         ``margin_hinge`` the mean squared distance, as before).
       hinge: ``log_ratio`` only: ``max(0, L_i)``.

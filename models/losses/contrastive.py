@@ -1,46 +1,18 @@
 """DDMTL contrastive loss (Eqs 5-7) and adaptive reweighting module W_k (Eqs 3-4).
 
-Seed: Zheng, Wang, Ji, Zong, Wong, Lai, Lv, "Discriminative deep multi-task
+Zheng, Wang, Ji, Zong, Wong, Lai, Lv, "Discriminative deep multi-task
 learning for facial expression recognition" (Elsevier, 2020), Sec. 3.2-3.3.
-Where fer-mtl departs from the printed text, docs/methods.md (DDMTL) says so
-and why; the docstrings below give the formulas as implemented.
 
-Contrastive loss, per pair, with ``Y = 1`` for a dissimilar (different-class)
-pair and ``Y = 0`` for a similar one (Eq 5)::
+* Eq 6, ``D = ||f^k(x_i) - f^k(x_j)||_2``: :func:`pair_distance`.
+* Eqs 5 and 7, ``CL``: :func:`contrastive_loss`; :class:`ContrastiveLoss`
+  (Keras loss).
+* Eq 3, ``pCON`` of one iteration: :func:`reachability_distance`, neighbours
+  in the batch or also in a :class:`FeatureMemoryBank` of past embeddings.
+* Eq 4, ``W_k = G(sum_t pCON_t)``: :class:`PConStore` (the per-sample sum over
+  iterations, slots from :func:`image_keys`) and :func:`gaussian_scaling`
+  (``G``); :func:`reachability_weights` is Eq 4 with ``T = 1``.
 
-    D  = ||f^k(x_i) - f^k(x_j)||_2                                         (Eq 6)
-    CL = 0.5 (1 - Y) D^2 + 0.5 Y max(0, m - D)                             (Eq 7)
-
-(the hinge is not squared, as printed).
-
-Reweighting ``W_k`` (Eqs 3-4), in the embedding space, neighbours restricted
-to the same class and never the point itself:
-
-* ``N_k(x)``: the ``min(k, n)`` nearest same-class points of ``x`` in the
-  reference set (the batch, plus a :class:`FeatureMemoryBank` when given);
-  ``k-dist(x)``: the distance to the farthest of them.
-* Per iteration ``t`` (:func:`reachability_distance`)::
-
-      pCON_t(x_i) = 1/|N_k(x_i)| sum_{x_j in N_k(x_i)} max(k-dist(x_j), d(x_i, x_j))
-
-  the mean reachability distance of LOF (Breunig et al. 2000). Printed Eq 3
-  divides ``max(k-dist(x_i), d(x_i, x_j))`` by ``max(k-dist(x_i), d(x_i, x_i))``;
-  for ``x_j`` in ``N_k(x_i)`` both are ``k-dist(x_i)``, so the printed sum is
-  the constant ``k`` and would weight every sample alike.
-* Accumulated over iterations (Eq 4, :class:`PConStore`)::
-
-      W_k(x_i) = G( sum_{t=1..T_i} pCON_t(x_i) / T_i )
-
-  ``T_i`` = the number of training steps whose batch held ``x_i``: one per
-  pass over the training set, the paper's iteration ("each iteration
-  traverses through all batch blocks of the training set", Sec. 3.4).
-* ``G`` (:func:`gaussian_scaling`): ``w = exp(-a^2 / (2 sigma^2))``, ``sigma``
-  the median of ``a`` over the batch (or fixed), samples without neighbours
-  and without history get the mean weight, then ``w / mean(w)``. With the
-  median ``G`` is scale-free, so ``G(sum_t) = G(sum_t / T)`` whenever every
-  sample has the same ``T``; dividing by ``T_i`` keeps samples seen one more
-  time in the current pass comparable. Dense samples get weights near 1,
-  outliers near 0; no gradient flows through the weights.
+Deviations and reading choices: docs/methods.md, section DDMTL.
 """
 
 from __future__ import annotations
@@ -123,7 +95,14 @@ def _knn(dist, valid, k):
 
 
 def reachability_distance(features, labels, k: int = 5, bank_features=None, bank_labels=None):
-    """``pCON_t`` of one iteration (Eq 3 as read in the module docstring).
+    """``pCON_t`` of one iteration (Eq 3 read as LOF's mean reachability
+    distance, Breunig et al. 2000)::
+
+        pCON_t(x_i) = 1/|N_k(x_i)| sum_{x_j in N_k(x_i)} max(k-dist(x_j), d(x_i, x_j))
+
+    ``N_k(x)``: the ``min(k, n)`` nearest points of ``x``'s class among the
+    reference points (the batch, plus the bank when given), never ``x`` itself;
+    ``k-dist(x)``: the distance to the farthest of them; ``d`` Euclidean.
 
     Args:
       features: ``[B, D]`` batch features; labels: ``[B]`` int class ids (< 0 =
@@ -225,7 +204,12 @@ def image_keys(images, size: int):
 
 @keras.saving.register_keras_serializable(package="fermtl")
 class PConStore(keras.layers.Layer):
-    """Per-sample running sum of ``pCON_t`` over iterations (DDMTL Eq 4).
+    """Per-sample running sum of ``pCON_t`` over iterations (DDMTL Eq 4)::
+
+        W_k(x_i) = G( sum_{t=1..T_i} pCON_t(x_i) / T_i )
+
+    ``T_i`` = the number of training steps whose batch held ``x_i`` and gave it
+    a value (one per pass over the training set); ``G``: :func:`gaussian_scaling`.
 
     ``sums`` ``[size]`` and ``counts`` ``[size]`` (non-trainable variables): slot
     ``s`` holds ``sum_t pCON_t`` and ``T`` of the sample whose image hashes to

@@ -1,33 +1,15 @@
 """Selective sigmoid cross-entropy for multi-dataset, multi-label training.
 
 Pons & Masip, "Multi-task, multi-label and multi-domain learning with residual
-convolutional networks for emotion recognition" (SJMT), Eqs 1-2. The network
-outputs one logit ``p_j`` per label of the *union* label space of all
-datasets, ``y_hat_j = 1 / (1 + exp(-p_j))`` (Eq 2); a sample from dataset
-``k`` is only supervised on the labels ``L^k`` that ``k`` annotates (binary
-mask ``m_j = [j in L^k]``). Eq 1 as printed::
+convolutional networks for emotion recognition" (SJMT, arXiv:1802.06664,
+2018), Eqs 1-2.
 
-    E(y_hat, y, k) = -1/N sum_{j in L^k} [ y_j log y_hat_j + (1 - y_hat_j) log(1 - y_hat_j) ]
+* Eq 1, ``E(y_hat, y, k)`` over the labels ``L^k`` of the sample's dataset,
+  with Eq 2's ``y_hat_j = 1 / (1 + exp(-p_j))``:
+  :func:`selective_sigmoid_cross_entropy`; :class:`SelectiveSigmoidCrossEntropy`
+  (Keras loss).
 
-with "N the number of classes". The second factor ``(1 - y_hat_j)`` is a
-misprint of ``(1 - y_j)``: as printed, a negative label (``y_j = 0``) would cost
-``-(1 - y_hat_j) log(1 - y_hat_j)``, which is 0 at ``y_hat_j = 1`` as well as at
-``y_hat_j = 0``, and a positive label would carry that term too. This module
-computes the binary cross-entropy ``y_j log y_hat_j + (1 - y_j) log(1 - y_hat_j)``.
-
-``normalizer`` says what ``N`` is:
-
-* ``"classes"`` (Eq 1 as written): ``N`` = the number of classes of the union
-  label space (the width ``C`` of the output), the same for every sample;
-* ``"labels"``: ``N = |L^k|``, each sample normalised by *its own* number of
-  annotated labels, so datasets with many labels do not dominate.
-
-The batch loss is the mean of ``E`` over the samples with at least one
-annotated label (a batch with none gives 0). The per-element term is
-``tf.nn.sigmoid_cross_entropy_with_logits`` (numerically stable) and masked
-elements are removed with ``tf.where``, so they get exactly zero gradient
-even if their labels are garbage (e.g. -1 placeholders). docs/methods.md (SJMT)
-lists the choices beside the paper.
+Deviations and reading choices: docs/methods.md, section SJMT.
 """
 
 from __future__ import annotations
@@ -61,13 +43,23 @@ def _per_sample(labels, logits, mask, normalizer: str = "labels"):
 
 def selective_sigmoid_cross_entropy(labels, logits, mask, reduction: str = "mean",
                                     normalizer: str = "labels"):
-    """SJMT Eq 1 (module docstring). ``labels``, ``logits``, ``mask``: ``[B, C]``
-    (mask 1 = the label is annotated by the sample's dataset, ``j in L^k``).
+    """SJMT Eq 1 per sample, with ``y_hat = sigmoid(logits)`` (Eq 2)::
 
-    ``reduction="mean"``: scalar mean over samples with >= 1 annotated label;
+        E(y_hat, y, k) = -1/N sum_{j in L^k} [ y_j log y_hat_j + (1 - y_j) log(1 - y_hat_j) ]
+
+    (the printed second factor ``(1 - y_hat_j)`` read as ``(1 - y_j)``).
+    ``labels``, ``logits``, ``mask``: ``[B, C]`` (mask 1 = the label is
+    annotated by the sample's dataset, ``j in L^k``). The per-element term is
+    ``tf.nn.sigmoid_cross_entropy_with_logits`` (numerically stable); masked
+    elements are removed with ``tf.where``, so they get exactly zero gradient
+    even if their labels are garbage (e.g. -1 placeholders).
+
+    ``reduction="mean"``: scalar mean over samples with >= 1 annotated label (0
+    when there is none);
     ``"none"``: ``[B]`` per-sample ``E`` (0 for samples without labels).
-    ``normalizer``: ``"classes"`` (N = C, Eq 1 as written) or ``"labels"``
-    (N = the sample's number of annotated labels).
+    ``normalizer``: ``"classes"`` (N = C, the width of the union label space,
+    the same for every sample: Eq 1 as written) or ``"labels"`` (N = ``|L^k|``,
+    the sample's number of annotated labels).
     """
     per_sample, valid = _per_sample(labels, logits, mask, normalizer)
     if reduction == "none":

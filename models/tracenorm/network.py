@@ -1,20 +1,27 @@
-"""The trace-norm MTL network and its training model (Hu et al., ECCV 2018, Sec. 2).
+"""The trace-norm MTL network and its training model.
 
-Two task networks of the same architecture (ResNet-34, ``models.backbones``):
-``emotion_trunk`` and ``landmarks_trunk``, each ``image -> f [B, 8w]`` (the 3x3
-average pool of Sec. 2.4), with their heads (8 emotion logits, 136 landmark
-coordinates) and ONE domain classifier ``g_Phi`` behind a gradient-reversal
-layer (Eq 4). The training step routes each sample to the task networks its
-labels name (:meth:`TraceNormMTLModel.task_forward`), so each network sees its
-own batch; ``Z = [f_1(X_1); f_2(X_2)]`` is stacked along the batch axis and
-``g_Phi`` predicts the task index (0 emotion, 1 landmarks) of each row.
+Hu, Liu, Yuan, Yu, Hua, Zhang, Shen, Shao, Hospedales, Robertson, Yang, "Deep
+Multi-Task Learning to Recognise Subtle Facial Expressions of Mental States"
+(ECCV 2018), Sec. 2.
 
-Sharing (``cfg["sharing"]``): ``"trace_norm"`` (the method: all 33 paired
-convolutions regularised by a tensor trace norm, Eqs 1-3), ``"hard"`` (RN(k):
-the stem and the first ``k`` block convolutions are the same layers in both
-trunks, the rest task specific; no trace norm) and ``"none"`` (two single-task
-networks). Paper elements and every deviation: docs/methods.md, "Trace-norm
-deep MTL + ADA".
+* Sec. 2.2 and 2.4, two task networks of one architecture (ResNet-34, the 3x3
+  average pool): :func:`build_trunks` (``emotion_trunk``, ``landmarks_trunk``);
+  with the heads and the domain classifier: :func:`build_network`.
+* Eqs 1-3, the tensor trace norm of the 33 paired convolutions
+  (``sharing: trace_norm``): :func:`trace_regularizer`
+  (``models.layers.TraceNormRegularizer``), :meth:`TraceNormMTLModel.trace_norm`.
+* Eq 4, ADA: ONE ``g_Phi`` behind a gradient-reversal layer on the stacked
+  features ``Z = [f_1(X_1); f_2(X_2)]``, predicting which task's data a row is
+  from: :meth:`TraceNormMTLModel.domain_logits`, :func:`domain_loss`.
+* Sec. 2.4, the task losses: :func:`masked_emotion_loss`,
+  :func:`masked_landmark_l1`; each task network on its task's rows:
+  :meth:`TraceNormMTLModel.task_forward`.
+* Table 4, hard sharing RN(k) (``sharing: hard``): :func:`hard_shared_layers`;
+  ``sharing: none``: two single-task networks.
+* Sec. 4.2, Fig. 3, TNDR: :meth:`TraceNormMTLModel.trace_norm_rates`.
+
+Deviations and reading choices: docs/methods.md, section Trace-norm deep MTL
++ ADA.
 """
 
 from __future__ import annotations
@@ -295,8 +302,7 @@ class TraceNormMTLModel(LossModel):
         (``landmarks_mask > 0``) through the landmark network. With
         ``route_batches: false`` every row runs through both networks (batch-norm
         statistics over the whole batch) and only the task's rows are kept after
-        it: TF 2.16's oneDNN CPU kernels crashed (heap corruption) in training
-        steps on routed sub-batches of uneven size at 96 px.
+        it (why: docs/methods.md, batch per task).
 
         Returns ``{task}_index`` (the batch rows routed to ``task``),
         ``{task}_features``, ``emotion_logits`` [n_e, 8], ``landmarks`` [n_l, 136]
