@@ -347,8 +347,8 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
     row = dict(train_fold(method_name, fold, data, run_dir, preset, overrides, epochs, minutes,
                           seed, figures_on),
                run=run_name, **dict(provenance or {}),
-               **{k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "settings",
-                                     "code_files")})
+               **{k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "code_digest",
+                                     "settings", "code_files")})
     with open(result_path, "w") as f:
         json.dump(row, f, indent=2, default=float)
     if committed:

@@ -10,8 +10,12 @@ committed results folder (``docs/results/...``).
   their subject ids and labels), the data spec (source paths relative to the
   repository, so every checkout agrees) and the input size;
 * ``code_fingerprint``: the method's own source — its module, or every ``.py``
-  file of its package (``models/fersnet/``) — as named in ``models.registry``.
+  file of its package (``models/fersnet/``) — as named in ``models.registry``,
+  each digested as its syntax tree without docstrings (:func:`source_digest`):
+  a docstring, comment or layout edit does not rerun a fold, a code edit does.
   Shared code (``models/training.py``, layers, docs) is not part of it.
+  Results made before (sha256 of the bytes) still match while the bytes do;
+  ``python -m benchmarks.resume docs/results/...`` upgrades them from git history.
 
 The committed copy of a fold (:func:`publish`) is ``result.json``,
 ``predictions.csv`` (one row per test example) and ``confusion.png``; no
@@ -20,6 +24,7 @@ weights or checkpoints.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import importlib
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,14 +74,37 @@ def _relative(path: str) -> str:
     return os.path.relpath(os.path.abspath(path), REPO_ROOT).replace(os.sep, "/")
 
 
-def code_files(method_name: str) -> Dict[str, str]:
-    """``{path relative to the repository: sha256 of its content}`` of the
+#: What ``code_files`` digests: the syntax tree without docstrings, so an edit
+#: of docstrings, comments or layout does not rerun a fold. A result without
+#: ``code_digest`` was made with sha256 of the file bytes (:func:`upgrade`).
+CODE_DIGEST = "ast-without-docstrings"
+
+
+def source_digest(source: bytes) -> str:
+    """sha256 of ``ast.dump`` of the module with every docstring removed."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def code_files(method_name: str, digest=source_digest) -> Dict[str, str]:
+    """``{path relative to the repository: digest of its source}`` of the
     method's sources (:func:`method_sources`)."""
     out = {}
     for path in method_sources(method_name):
         with open(path, "rb") as f:
-            out[_relative(path)] = hashlib.sha256(f.read()).hexdigest()
+            out[_relative(path)] = digest(f.read())
     return dict(sorted(out.items()))
+
+
+def _bytes_digest(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()
 
 
 def code_fingerprint(files: Mapping[str, str]) -> str:
@@ -125,7 +154,7 @@ def fingerprint(method_name: str, settings: Mapping[str, Any]) -> Dict[str, Any]
     (so a reader, and the rerun message, can tell what changed)."""
     files = code_files(method_name)
     return {"settings_fingerprint": settings_fingerprint(settings),
-            "code_fingerprint": code_fingerprint(files),
+            "code_fingerprint": code_fingerprint(files), "code_digest": CODE_DIGEST,
             "settings": dict(settings), "code_files": files}
 
 
@@ -145,8 +174,12 @@ def difference(saved: Mapping[str, Any], fp: Mapping[str, Any]) -> Optional[str]
         changed.append("settings changed (" + (", ".join(
             f"{k}: {json.dumps(old.get(k), default=str)[:80]} -> "
             f"{json.dumps(new.get(k), default=str)[:80]}" for k in keys) or "?") + ")")
-    if saved["code_fingerprint"] != fp["code_fingerprint"]:
-        files = _diff(saved.get("code_files") or {}, fp["code_files"])
+    now = fp
+    if saved.get("code_digest") != CODE_DIGEST and "method" in fp.get("settings", {}):
+        files = code_files(fp["settings"]["method"], _bytes_digest)   # an older result
+        now = {"code_fingerprint": code_fingerprint(files), "code_files": files}
+    if saved["code_fingerprint"] != now["code_fingerprint"]:
+        files = _diff(saved.get("code_files") or {}, now["code_files"])
         changed.append(f"method code changed ({', '.join(files) or '?'})")
     return "; ".join(changed) or None
 
@@ -194,8 +227,8 @@ def start_run(run_dir: str, fp: Mapping[str, Any]) -> None:
             path = os.path.join(run_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     with open(os.path.join(run_dir, FINGERPRINT_FILE), "w") as f:
-        json.dump({k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "settings",
-                                      "code_files")}, f, indent=2, default=str)
+        json.dump({k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "code_digest",
+                                      "settings", "code_files")}, f, indent=2, default=str)
 
 
 # --------------------------------------------------------------------------- #
@@ -246,3 +279,57 @@ def committed_row(row: Mapping[str, Any], committed_dir: str) -> Dict[str, Any]:
     """A committed ``result.json`` row with its figure paths made absolute."""
     return dict(row, figures={k: os.path.join(committed_dir, v)
                               for k, v in (row.get("figures") or {}).items()})
+
+
+# --------------------------------------------------------------------------- #
+# results made with byte digests
+# --------------------------------------------------------------------------- #
+def _versions(rel: str) -> List[bytes]:
+    """Every committed version of ``rel`` in this repository's history."""
+    commits = subprocess.run(["git", "rev-list", "--all", "--", rel], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    out = []
+    for c in commits:
+        shown = subprocess.run(["git", "show", f"{c}:{rel}"], cwd=REPO_ROOT, capture_output=True)
+        if shown.returncode == 0:
+            out.append(shown.stdout)
+    return out
+
+
+def upgrade(folder: str) -> Dict[str, int]:
+    """Rewrite the ``result.json`` files under ``folder`` made with byte
+    digests to :data:`CODE_DIGEST`: each file's source is found in git history
+    by its byte digest. A result whose source is not found is left as it was
+    (it reruns when the code's bytes differ). Returns the counts."""
+    counts = {"upgraded": 0, "current": 0, "not_found": 0}
+    found: Dict[str, Optional[str]] = {}
+    for root, _, names in os.walk(folder):
+        if "result.json" not in names:
+            continue
+        path = os.path.join(root, "result.json")
+        row = _read(path)
+        if row.get("code_digest") == CODE_DIGEST or "code_files" not in row:
+            counts["current"] += 1
+            continue
+        files = {}
+        for rel, digest in row["code_files"].items():
+            if digest not in found:
+                found.update({_bytes_digest(v): source_digest(v) for v in _versions(rel)})
+                found.setdefault(digest, None)
+            files[rel] = found[digest]
+        if None in files.values():
+            counts["not_found"] += 1
+            continue
+        row.update(code_files=files, code_fingerprint=code_fingerprint(files),
+                   code_digest=CODE_DIGEST)
+        with open(path, "w") as f:
+            json.dump(row, f, indent=2, default=float)
+        counts["upgraded"] += 1
+    return counts
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:] or ["docs/results"]:
+        print(arg, upgrade(arg))

@@ -468,3 +468,29 @@ def test_ablation_table_pairs_a_variant_with_its_method_fold_by_fold(tmp_path):
     assert abs(row["delta"] - 0.1) < 1e-9 and abs(row["delta_std"] - 0.2) < 1e-9
     text = ablation_table.markdown([row])
     assert "| ddmtl | ddmtl-no_rw (`weights_from: none`) | 2 |" in text and "+10.0 ± 20.0" in text
+
+
+def test_code_digest_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch):
+    from benchmarks import resume
+
+    base = b'"""Module."""\nimport math\n\n\ndef f(x):\n    """Eq 1."""\n    return x * 2\n'
+    same = (b'"""Module, reworded: see docs/methods.md."""\nimport math  # why\n\n\n'
+            b'def f(x):\n    """Eq 1: y = 2x."""\n\n    return x * 2   # doubled\n')
+    other = base.replace(b"x * 2", b"x * 3")
+    assert resume.source_digest(base) == resume.source_digest(same)
+    assert resume.source_digest(base) != resume.source_digest(other)
+    assert resume.source_digest(b"def g():\n    'only a docstring'\n") == resume.source_digest(
+        b"def g():\n    pass\n")
+    # a result made with byte digests still matches the same bytes, not other bytes
+    method_file = tmp_path / "m.py"
+    method_file.write_bytes(base)
+    monkeypatch.setattr(resume, "method_sources", lambda name: [str(method_file)])
+    fp = resume.fingerprint("baseline", {"method": "baseline"})
+    assert fp["code_digest"] == resume.CODE_DIGEST
+    files = resume.code_files("baseline", resume._bytes_digest)
+    old = dict(fp, code_files=files, code_fingerprint=resume.code_fingerprint(files))
+    old.pop("code_digest")
+    assert resume.difference(old, fp) is None
+    method_file.write_bytes(same)
+    assert "method code changed" in resume.difference(old, resume.fingerprint(
+        "baseline", {"method": "baseline"}))
