@@ -3,7 +3,8 @@ fine-tuned on the other's and integrated by a weighted sum. Seed: Yang, Li,
 Cao, "Facial Expression Recognition Based on Multi-dataset Neural Network"
 (center loss and MD loss; deviations: docs/methods.md, multi-dataset network).
 
-Component CNN ``C_j`` (one per dataset, ``n_components`` = 2)::
+Component CNN ``C_j`` (one per dataset, ``n_components`` = 2; 1 is the
+single-component ablation, below)::
 
     image [B, 48, 48, 1] -> per-image standardisation
       -> conv1 (k5) + CReLU -> max-pool
@@ -67,13 +68,35 @@ stage  name          loss                                                  lr
 (``L_j`` uses ``C_j`` and ``f_j``; in stage 2 the centre/MD terms are summed over
 the components' features.) Both components train at the same time in stages 0
 and 1: they share no weight, so this equals training them one after the other.
+The stages run in three *phases* of the fit (``stage_fractions`` of the epochs,
+lr x ``stage_lr_factors``); with two or more components phase ``p`` trains stage ``p``.
+
+Single-component ablation (``n_components: 1``): one component ``C_0`` with
+``S = C_0`` (``lambda`` = 1, not trained) is trained on every dataset with the
+same loss, Eq. 10 over the same dataset groups (``L = sum_d w_d L_0(D_d)``, CE +
+centre + MD per dataset): stage 0 of one component whose own datasets are all
+of them, which is also what stage 2 computes with one component. Stages 1 and 2
+have no meaning (there is no other component's data and nothing to integrate),
+so every phase trains stage 0; the phases keep their epochs and lr, so the run
+has the two-component run's epochs and lr schedule (lr for the first 60 %, lr/10
+after). What it removes is the second component, its pre-training on its own
+dataset, the exchange of datasets and the weighted sum: the paper's "two
+components integrated" contribution.
 
 Interpretation choices:
 
-* Dataset ``d`` belongs to component ``d mod n_components``; samples with
-  ``dataset_id == -1`` count as dataset 0. In a single-dataset run component 1
+* Eq. 10's dataset groups: dataset ``d`` is group ``d mod len(dataset_weights)``
+  (samples with ``dataset_id == -1`` count as dataset 0), and group ``g`` belongs
+  to component ``g mod n_components``. With two or more components
+  ``dataset_weights`` has one weight per component (``config`` resets it to
+  ``1/n`` each otherwise), so dataset ``d`` belongs to component ``d mod n``;
+  with one component it keeps the preset's two groups, so the ablation weighs
+  the datasets as the two-component run does. In stage 0 a component weighs its
+  own groups by their ``dataset_weights`` renormalised to sum to 1 (1 for a
+  single own group). In a single-dataset run with two components component 1
   has no own data in stage 0, learns in stage 1 (dataset 0 is "the other's")
-  and ``lambda`` can move weight to component 0 in stage 2.
+  and ``lambda`` can move weight to component 0 in stage 2; with one component
+  the loss is ``w_0 L_0(D_0)`` (``dataset_weights: [1.0]`` makes it ``L_0(D_0)``).
 * The paper leaves the fine-tune and integration schedule open; the defaults
   split the epochs of one ``fit`` 60 % / 20 % / 20 % (``stage_fractions``) and
   use lr x (1, 0.1, 0.1) (``stage_lr_factors``; "fine-tuned with lr/10").
@@ -214,7 +237,8 @@ def build_network(cfg: Dict[str, Any]) -> keras.Model:
         out = build_component(cfg, j)(image)
         outputs[f"logits_{j}"] = out["logits"]
         outputs[f"features_{j}"] = out["features"]
-    scores = WeightedSum(n, cfg["learn_lambda"], cfg["lambdas"], name="integration")(
+    # one component: S = C_0, lambda = softmax(a) = 1 whatever a is, so not trained
+    scores = WeightedSum(n, cfg["learn_lambda"] and n > 1, cfg["lambdas"], name="integration")(
         [outputs[f"logits_{j}"] for j in range(n)])
     outputs["logits"] = scores
     outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(
@@ -225,10 +249,10 @@ def build_network(cfg: Dict[str, Any]) -> keras.Model:
 # --------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------
-def dataset_groups(dataset_id, n_components: int):
-    """Component that owns each sample: ``dataset_id mod n`` (``-1`` -> 0)."""
+def dataset_groups(dataset_id, n_groups: int):
+    """Eq. 10 group of each sample: ``dataset_id mod n_groups`` (``-1`` -> 0)."""
     d = tf.reshape(tf.cast(dataset_id, tf.int64), [-1])
-    return tf.where(d >= 0, tf.math.floormod(d, n_components), tf.zeros_like(d))
+    return tf.where(d >= 0, tf.math.floormod(d, n_groups), tf.zeros_like(d))
 
 
 def _only(emotion, member):
@@ -284,15 +308,16 @@ class MultiDatasetModel(LossModel):
         cfg = self.cfg
         emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
         mask = batch["emotion_mask"]
-        group = dataset_groups(batch["dataset_id"], self.n)
         w = [float(v) for v in cfg["dataset_weights"]]
+        group = dataset_groups(batch["dataset_id"], len(w))
         ce = center = md = tf.constant(0.0)
         if stage in (0, 1):
             for j in range(self.n):
-                for d in range(self.n):
-                    if (stage == 0) != (d == j):   # stage 0: own dataset; 1: the others
+                own = sum(w[d] for d in range(len(w)) if d % self.n == j)
+                for d in range(len(w)):
+                    if (stage == 0) != (d % self.n == j):   # stage 0: own datasets; 1: others
                         continue
-                    scale = 1.0 if stage == 0 else w[d]
+                    scale = w[d] / own if stage == 0 else w[d]
                     member = tf.equal(group, d)
                     lc, lm = self._aux(j, outputs[f"features_{j}"], emotion, member, training)
                     ce += scale * self._ce(outputs[f"logits_{j}"], emotion, mask, member)
@@ -305,7 +330,7 @@ class MultiDatasetModel(LossModel):
                 self.net.get_layer("integration").lambda_logits))
         else:
             per_dataset = []
-            for d in range(self.n):
+            for d in range(len(w)):
                 member = tf.equal(group, d)
                 c = self._ce(outputs["logits"], emotion, mask, member)     # CE of S
                 lc = lm = tf.constant(0.0)
@@ -341,16 +366,24 @@ class MultiDatasetModel(LossModel):
 # --------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------
+def phase_stage(n_components: int, phase: int) -> int:
+    """The stage trained in phase ``phase`` of the fit: ``phase`` itself, or 0
+    (pretrain on every dataset) with one component."""
+    return int(phase) if int(n_components) > 1 else 0
+
+
 def set_stage(model: MultiDatasetModel, stage, cfg: Optional[Dict[str, Any]] = None,
-              lr: bool = True) -> None:
+              lr: bool = True, phase: Optional[int] = None) -> None:
     """Switch ``model`` to ``stage`` (0/1/2 or its name): sets the ``stage``
     variable (saved with the weights), makes Keras retrace the train/test steps
     for that stage's loss and, with ``lr``, sets the optimizer's learning rate to
-    ``learning_rate * stage_lr_factors[stage]``."""
+    ``learning_rate * stage_lr_factors[phase]`` (``phase`` defaults to the stage).
+    With one component only stage 0 exists."""
     s = STAGES.index(stage) if isinstance(stage, str) else int(stage)
-    if not 0 <= s < len(STAGES):
-        raise ValueError(f"stage must be one of {STAGES} or 0..2, got {stage!r}")
     cfg = cfg or model.cfg
+    if not 0 <= s < (len(STAGES) if int(cfg["n_components"]) > 1 else 1):
+        raise ValueError(f"stage must be one of {STAGES} or 0..2 (with n_components 1: "
+                         f"pretrain), got {stage!r}")
     model.stage.assign(s)
     if model._stage != s:
         model._stage = s
@@ -361,7 +394,8 @@ def set_stage(model: MultiDatasetModel, stage, cfg: Optional[Dict[str, Any]] = N
         if model.test_function is not None:
             model.make_test_function(force=True)
     if lr and getattr(model, "optimizer", None) is not None:
-        model.optimizer.learning_rate.assign(cfg["learning_rate"] * cfg["stage_lr_factors"][s])
+        factor = cfg["stage_lr_factors"][s if phase is None else int(phase)]
+        model.optimizer.learning_rate.assign(cfg["learning_rate"] * factor)
 
 
 def stage_epochs(total_epochs: int, fractions: Sequence[float]) -> List[int]:
@@ -379,42 +413,51 @@ def stage_epochs(total_epochs: int, fractions: Sequence[float]) -> List[int]:
 
 class StageSchedule(keras.callbacks.Callback):
     """Walks one ``fit`` through pretrain -> finetune -> integrate: the epochs of
-    the fit are split by ``cfg["stage_fractions"]`` (:func:`stage_epochs`) and each
-    stage sets its lr (:func:`set_stage`)."""
+    the fit are split into phases by ``cfg["stage_fractions"]`` (:func:`stage_epochs`)
+    and each phase sets its stage (:func:`phase_stage`: pretrain throughout with one
+    component) and lr (:func:`set_stage`)."""
 
     def __init__(self, cfg: Dict[str, Any]):
         super().__init__()
         self.cfg = cfg
         self.bounds = None
 
-    def stage_of(self, epoch: int) -> int:
+    def phase_of(self, epoch: int) -> int:
         return min(int(np.searchsorted(self.bounds, epoch, side="right")), len(STAGES) - 1)
+
+    def stage_of(self, epoch: int) -> int:
+        return phase_stage(self.cfg["n_components"], self.phase_of(epoch))
 
     def on_train_begin(self, logs=None):
         counts = stage_epochs(self.params.get("epochs") or 1, self.cfg["stage_fractions"])
         self.bounds = np.cumsum(counts)
-        self._fresh = True
+        self._phase = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        stage = self.stage_of(epoch)     # epochs are absolute, so resuming works
-        if self._fresh or self.model.current_stage != stage:
-            set_stage(self.model, stage, self.cfg)
-            self._fresh = False
+        phase = self.phase_of(epoch)     # epochs are absolute, so resuming works
+        stage = self.stage_of(epoch)
+        if self._phase != phase or self.model.current_stage != stage:
+            set_stage(self.model, stage, self.cfg, phase=phase)
+            self._phase = phase
 
 
 def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (2, 1, 2),
                  cfg: Optional[Dict[str, Any]] = None, validation_data=None,
                  verbose: int = 0, **fit_kwargs) -> Dict[str, Any]:
-    """Run the three stages one ``fit`` each (``epochs`` per stage, 0 skips one);
-    returns ``{stage_name: History}``."""
+    """Run the three phases one ``fit`` each (``epochs`` per phase, 0 skips one;
+    phase ``p`` trains :func:`phase_stage` at its lr); returns ``{name: History}``,
+    the name the stage's, ``pretrain_<p>`` for phase ``p`` > 0 with one component."""
     histories = {}
-    for s, n_epochs in enumerate(epochs):
+    cfg = cfg or model.cfg
+    for p, n_epochs in enumerate(epochs):
         if not n_epochs:
             continue
-        set_stage(model, s, cfg)
-        histories[STAGES[s]] = model.fit(train_data, epochs=int(n_epochs),
-                                         validation_data=validation_data, verbose=verbose,
-                                         **fit_kwargs)
+        s = phase_stage(cfg["n_components"], p)
+        set_stage(model, s, cfg, phase=p)
+        name = STAGES[s] if s == p else f"{STAGES[s]}_{p}"
+        histories[name] = model.fit(train_data, epochs=int(n_epochs),
+                                    validation_data=validation_data, verbose=verbose,
+                                    **fit_kwargs)
     return histories
 
 
@@ -422,7 +465,8 @@ def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (
 # method
 # --------------------------------------------------------------------------
 class MultiDatasetNet(Method):
-    """Two component CNNs integrated by a weighted sum (module docstring)."""
+    """Two component CNNs integrated by a weighted sum; ``n_components: 1`` is the
+    single-component ablation (module docstring)."""
 
     name = "multidataset"
     presets = {
@@ -473,7 +517,10 @@ class MultiDatasetNet(Method):
     def config(self, preset: str = "small", **overrides) -> Dict[str, Any]:
         cfg = super().config(preset, **overrides)
         n = int(cfg["n_components"])
-        if len(cfg["dataset_weights"]) != n:
+        if n < 1:
+            raise ValueError(f"multidataset: n_components must be >= 1, got {n}")
+        # one component keeps the Eq. 10 dataset groups (module docstring)
+        if n > 1 and len(cfg["dataset_weights"]) != n:
             cfg["dataset_weights"] = [1.0 / n] * n
         return cfg
 
