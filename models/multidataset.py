@@ -17,6 +17,9 @@ Learning Approach for Deep Face Recognition" (ECCV 2016).
 * Sec. 4, pre-train / fine-tune / integrate: :meth:`MultiDatasetModel.stage_loss`,
   :class:`StageSchedule` (one ``fit``), :func:`train_stages`, :func:`set_stage`.
 
+Ablations: ``md_weight: 0`` (no MD loss), ``n_components: 1`` (one component
+on every dataset, the same loss and lr phases: :meth:`MultiDatasetModel.stage_loss`).
+
 Deviations and reading choices: docs/methods.md, section Multi-dataset network.
 """
 
@@ -148,7 +151,8 @@ def build_network(cfg: Dict[str, Any]) -> keras.Model:
         out = build_component(cfg, j)(image)
         outputs[f"logits_{j}"] = out["logits"]
         outputs[f"features_{j}"] = out["features"]
-    scores = WeightedSum(n, cfg["learn_lambda"], cfg["lambdas"], name="integration")(
+    # one component: S = C_0, lambda = softmax(a) = 1 whatever a is, so not trained
+    scores = WeightedSum(n, cfg["learn_lambda"] and n > 1, cfg["lambdas"], name="integration")(
         [outputs[f"logits_{j}"] for j in range(n)])
     outputs["logits"] = scores
     outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(
@@ -159,10 +163,10 @@ def build_network(cfg: Dict[str, Any]) -> keras.Model:
 # --------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------
-def dataset_groups(dataset_id, n_components: int):
-    """Component that owns each sample: ``dataset_id mod n`` (``-1`` -> 0)."""
+def dataset_groups(dataset_id, n_groups: int):
+    """Eq. 10 group of each sample: ``dataset_id mod n_groups`` (``-1`` -> 0)."""
     d = tf.reshape(tf.cast(dataset_id, tf.int64), [-1])
-    return tf.where(d >= 0, tf.math.floormod(d, n_components), tf.zeros_like(d))
+    return tf.where(d >= 0, tf.math.floormod(d, n_groups), tf.zeros_like(d))
 
 
 def _only(emotion, member):
@@ -240,15 +244,16 @@ class MultiDatasetModel(LossModel):
         cfg = self.cfg
         emotion = tf.reshape(tf.cast(batch["emotion"], tf.int64), [-1])
         mask = batch["emotion_mask"]
-        group = dataset_groups(batch["dataset_id"], self.n)
         w = [float(v) for v in cfg["dataset_weights"]]
+        group = dataset_groups(batch["dataset_id"], len(w))
         ce = center = md = tf.constant(0.0)
         if stage in (0, 1):
             for j in range(self.n):
-                for d in range(self.n):
-                    if (stage == 0) != (d == j):   # stage 0: own dataset; 1: the others
+                own = sum(w[d] for d in range(len(w)) if d % self.n == j)
+                for d in range(len(w)):
+                    if (stage == 0) != (d % self.n == j):   # stage 0: own datasets; 1: others
                         continue
-                    scale = 1.0 if stage == 0 else w[d]
+                    scale = w[d] / own if stage == 0 else w[d]
                     member = tf.equal(group, d)
                     lc, lm = self._aux(j, outputs[f"features_{j}"], emotion, member, training)
                     ce += scale * self._ce(outputs[f"logits_{j}"], emotion, mask, member)
@@ -261,7 +266,7 @@ class MultiDatasetModel(LossModel):
                 self.net.get_layer("integration").lambda_logits))
         else:
             per_dataset = []
-            for d in range(self.n):
+            for d in range(len(w)):
                 member = tf.equal(group, d)
                 c = self._ce(outputs["logits"], emotion, mask, member)     # CE of S
                 lc = lm = tf.constant(0.0)
@@ -297,16 +302,24 @@ class MultiDatasetModel(LossModel):
 # --------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------
+def phase_stage(n_components: int, phase: int) -> int:
+    """The stage trained in phase ``phase`` of the fit: ``phase`` itself, or 0
+    (pretrain on every dataset) with one component."""
+    return int(phase) if int(n_components) > 1 else 0
+
+
 def set_stage(model: MultiDatasetModel, stage, cfg: Optional[Dict[str, Any]] = None,
-              lr: bool = True) -> None:
+              lr: bool = True, phase: Optional[int] = None) -> None:
     """Switch ``model`` to ``stage`` (0/1/2 or its name): sets the ``stage``
     variable (saved with the weights), makes Keras retrace the train/test steps
     for that stage's loss and, with ``lr``, sets the optimizer's learning rate to
-    ``learning_rate * stage_lr_factors[stage]``."""
+    ``learning_rate * stage_lr_factors[phase]`` (``phase`` defaults to the stage).
+    With one component only stage 0 exists."""
     s = STAGES.index(stage) if isinstance(stage, str) else int(stage)
-    if not 0 <= s < len(STAGES):
-        raise ValueError(f"stage must be one of {STAGES} or 0..2, got {stage!r}")
     cfg = cfg or model.cfg
+    if not 0 <= s < (len(STAGES) if int(cfg["n_components"]) > 1 else 1):
+        raise ValueError(f"stage must be one of {STAGES} or 0..2 (with n_components 1: "
+                         f"pretrain), got {stage!r}")
     model.stage.assign(s)
     if model._stage != s:
         model._stage = s
@@ -317,7 +330,8 @@ def set_stage(model: MultiDatasetModel, stage, cfg: Optional[Dict[str, Any]] = N
         if model.test_function is not None:
             model.make_test_function(force=True)
     if lr and getattr(model, "optimizer", None) is not None:
-        model.optimizer.learning_rate.assign(cfg["learning_rate"] * cfg["stage_lr_factors"][s])
+        factor = cfg["stage_lr_factors"][s if phase is None else int(phase)]
+        model.optimizer.learning_rate.assign(cfg["learning_rate"] * factor)
 
 
 def stage_epochs(total_epochs: int, fractions: Sequence[float]) -> List[int]:
@@ -335,42 +349,51 @@ def stage_epochs(total_epochs: int, fractions: Sequence[float]) -> List[int]:
 
 class StageSchedule(keras.callbacks.Callback):
     """Walks one ``fit`` through pretrain -> finetune -> integrate: the epochs of
-    the fit are split by ``cfg["stage_fractions"]`` (:func:`stage_epochs`) and each
-    stage sets its lr (:func:`set_stage`)."""
+    the fit are split into phases by ``cfg["stage_fractions"]`` (:func:`stage_epochs`)
+    and each phase sets its stage (:func:`phase_stage`: pretrain throughout with one
+    component) and lr (:func:`set_stage`)."""
 
     def __init__(self, cfg: Dict[str, Any]):
         super().__init__()
         self.cfg = cfg
         self.bounds = None
 
-    def stage_of(self, epoch: int) -> int:
+    def phase_of(self, epoch: int) -> int:
         return min(int(np.searchsorted(self.bounds, epoch, side="right")), len(STAGES) - 1)
+
+    def stage_of(self, epoch: int) -> int:
+        return phase_stage(self.cfg["n_components"], self.phase_of(epoch))
 
     def on_train_begin(self, logs=None):
         counts = stage_epochs(self.params.get("epochs") or 1, self.cfg["stage_fractions"])
         self.bounds = np.cumsum(counts)
-        self._fresh = True
+        self._phase = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        stage = self.stage_of(epoch)     # epochs are absolute, so resuming works
-        if self._fresh or self.model.current_stage != stage:
-            set_stage(self.model, stage, self.cfg)
-            self._fresh = False
+        phase = self.phase_of(epoch)     # epochs are absolute, so resuming works
+        stage = self.stage_of(epoch)
+        if self._phase != phase or self.model.current_stage != stage:
+            set_stage(self.model, stage, self.cfg, phase=phase)
+            self._phase = phase
 
 
 def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (2, 1, 2),
                  cfg: Optional[Dict[str, Any]] = None, validation_data=None,
                  verbose: int = 0, **fit_kwargs) -> Dict[str, Any]:
-    """Run the three stages one ``fit`` each (``epochs`` per stage, 0 skips one);
-    returns ``{stage_name: History}``."""
+    """Run the three phases one ``fit`` each (``epochs`` per phase, 0 skips one;
+    phase ``p`` trains :func:`phase_stage` at its lr); returns ``{name: History}``,
+    the name the stage's, ``pretrain_<p>`` for phase ``p`` > 0 with one component."""
     histories = {}
-    for s, n_epochs in enumerate(epochs):
+    cfg = cfg or model.cfg
+    for p, n_epochs in enumerate(epochs):
         if not n_epochs:
             continue
-        set_stage(model, s, cfg)
-        histories[STAGES[s]] = model.fit(train_data, epochs=int(n_epochs),
-                                         validation_data=validation_data, verbose=verbose,
-                                         **fit_kwargs)
+        s = phase_stage(cfg["n_components"], p)
+        set_stage(model, s, cfg, phase=p)
+        name = STAGES[s] if s == p else f"{STAGES[s]}_{p}"
+        histories[name] = model.fit(train_data, epochs=int(n_epochs),
+                                    validation_data=validation_data, verbose=verbose,
+                                    **fit_kwargs)
     return histories
 
 
@@ -379,7 +402,8 @@ def train_stages(model: MultiDatasetModel, train_data, epochs: Sequence[int] = (
 # --------------------------------------------------------------------------
 class MultiDatasetNet(Method):
     """Two component CNNs integrated by a weighted sum (module docstring);
-    presets ``small`` (CPU) and ``paper``."""
+    presets ``small`` (CPU) and ``paper``; ``n_components: 1`` is the
+    single-component ablation."""
 
     name = "multidataset"
     presets = {
@@ -430,7 +454,10 @@ class MultiDatasetNet(Method):
     def config(self, preset: str = "small", **overrides) -> Dict[str, Any]:
         cfg = super().config(preset, **overrides)
         n = int(cfg["n_components"])
-        if len(cfg["dataset_weights"]) != n:
+        if n < 1:
+            raise ValueError(f"multidataset: n_components must be >= 1, got {n}")
+        # one component keeps the Eq. 10 dataset groups (module docstring)
+        if n > 1 and len(cfg["dataset_weights"]) != n:
             cfg["dataset_weights"] = [1.0 / n] * n
         return cfg
 

@@ -8,6 +8,10 @@ fit through pretrain -> finetune -> integrate; the learning, save/load and
 export checks share it. The masking, lambda and centre checks run eagerly on
 an untrained model.
 
+The single-component ablation (``n_components: 1``) has its own trained model
+(fixture ``trained_single``, same data, epochs and seed) and eager checks on an
+untrained one (fixture ``single``, the ``fresh`` batch).
+
 The faces use full-intensity expression prototypes (``min_intensity=1``):
 the default subtle expressions need far more training than a < 60 s CPU test
 allows.
@@ -25,6 +29,7 @@ import tensorflow as tf
 from components import contract, synthetic
 from models import inputs
 from models import multidataset as M
+from models.losses.classification import masked_softmax_cross_entropy
 from tests.method_helpers import accuracy, assert_export_answers_raw_images, chance, images_of
 
 SIZE = 48
@@ -50,28 +55,40 @@ def split():
     return lab + other, _gen(N_TEST, 100)
 
 
-@pytest.fixture(scope="module")
-def trained(split):
+def _train(split, **overrides):
     """Trained through ``models.training.train`` (method callbacks included) on
     examples decoded once."""
     from models import training
 
     decoded = next(iter(inputs.dataset_from_samples(split[0], SIZE, len(split[0]), DATASETS)))
     return training.train(M.MultiDatasetNet(), tf.data.Dataset.from_tensor_slices(decoded),
-                          preset="small", epochs=EPOCHS, seed=0, batch_size=16,
-                          datasets=DATASETS)
+                          preset="small", overrides=overrides, epochs=EPOCHS, seed=0,
+                          batch_size=16, datasets=DATASETS)
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    return _train(split)
+
+
+@pytest.fixture(scope="module")
+def trained_single(split):
+    """The single-component ablation, trained as ``trained``."""
+    return _train(split, n_components=1)
 
 
 def _images(samples):
     return images_of(samples, SIZE)
 
 
+TINY = dict(conv_filters=[4, 4, 4, 4, 4], inception=[4, 4, 4, 2, 2, 2], fc_units=16)
+
+
 @pytest.fixture(scope="module")
 def fresh():
     """An untrained small model and a mixed two-dataset batch."""
     method = M.MultiDatasetNet()
-    cfg = method.config("small", conv_filters=[4, 4, 4, 4, 4], inception=[4, 4, 4, 2, 2, 2],
-                        fc_units=16)
+    cfg = method.config("small", **TINY)
     model = method.build(cfg)
     rng = np.random.default_rng(0)
     n = 24
@@ -88,6 +105,14 @@ def fresh():
              "emotion_mask": tf.constant(mask, tf.float32),
              "dataset_id": tf.constant(dataset_id, tf.int64)}
     return method, model, cfg, batch
+
+
+@pytest.fixture(scope="module")
+def single(fresh):
+    """An untrained single-component model (``fresh``'s widths) and ``fresh``'s batch."""
+    method = M.MultiDatasetNet()
+    cfg = method.config("small", n_components=1, **TINY)
+    return method, method.build(cfg), cfg, fresh[3]
 
 
 # --------------------------------------------------------------------------- #
@@ -197,30 +222,119 @@ def test_stage_epochs_and_schedule():
     assert [sched.stage_of(e) for e in range(12)] == [0] * 7 + [1] * 2 + [2] * 3
 
 
+class _Recorder:
+    """Stands in for the model in ``train_stages``: appends ``(stage variable,
+    traced stage, epochs, lr)`` of each fit to ``seen``."""
+
+    train_function = test_function = None
+    current_stage = property(lambda self: self._stage)
+
+    def __init__(self, seen):
+        self.seen = seen
+        self.stage = keras.Variable(0, dtype="int32")
+        self._stage = 0
+        self.optimizer = keras.optimizers.SGD(1.0)
+
+    def fit(self, data, epochs, **kwargs):
+        self.seen.append((int(self.stage.numpy()), self._stage, epochs,
+                          float(self.optimizer.learning_rate)))
+
+
 def test_set_stage_sets_lr_and_train_stages_runs_each_stage(fresh):
     method, model, cfg, _ = fresh
     seen = []
-
-    class Recorder:          # stands in for the model: records the stage each fit runs
-        stage = keras.Variable(0, dtype="int32")
-        _stage = 0
-        train_function = test_function = None
-        optimizer = keras.optimizers.SGD(1.0)
-        current_stage = property(lambda self: self._stage)
-
-        def fit(self, data, epochs, **kwargs):
-            seen.append((int(self.stage.numpy()), self._stage, epochs,
-                         float(self.optimizer.learning_rate)))
-
-    hist = M.train_stages(Recorder(), None, (3, 0, 2), cfg=cfg)
+    hist = M.train_stages(_Recorder(seen), None, (3, 0, 2), cfg=cfg)
     lr = cfg["learning_rate"]
     assert list(hist) == ["pretrain", "integrate"]
     assert seen == [(0, 0, 3, pytest.approx(lr)), (2, 2, 2, pytest.approx(lr * 0.1))]
     with pytest.raises(ValueError):
-        M.set_stage(Recorder(), 3, cfg)
+        M.set_stage(_Recorder([]), 3, cfg)
     M.set_stage(model, "finetune")
     assert model.current_stage == 1 and int(model.stage.numpy()) == 1
     M.set_stage(model, 0)
+
+
+def test_single_component_builds_one_component(fresh, single):
+    """``n_components: 1``: one component, half the two-component network's
+    parameters (the same preset), ``S = C_0`` with lambda 1 and not trained."""
+    _, model, cfg, batch = single
+    method = M.MultiDatasetNet()
+    one = M.build_network(method.config("small", n_components=1))
+    two = M.build_network(method.config("small"))
+    assert 0.49 < one.count_params() / two.count_params() < 0.51
+    # the difference: the second component and its lambda logit
+    assert (two.count_params() - one.count_params()
+            == one.get_layer("component_0").count_params() + 1)
+    assert (fresh[1].net.count_params() - model.net.count_params()
+            == model.net.get_layer("component_0").count_params() + 1)
+    names = [l.name for l in model.net.layers]
+    assert "component_0" in names and "component_1" not in names
+    assert cfg["dataset_weights"] == [0.5, 0.5]                   # Eq. 10 groups kept
+    assert len(model.center_losses) == 1
+    integ = model.net.get_layer("integration")
+    assert not any(v is integ.lambda_logits for v in model.trainable_variables)
+    np.testing.assert_array_equal(np.asarray(model.lambdas()), [1.0])
+    out = model.net(batch["image"])
+    np.testing.assert_array_equal(np.asarray(out["logits"]), np.asarray(out["logits_0"]))
+    infer = method.inference_model(model, cfg)(batch["image"])
+    np.testing.assert_array_equal(np.asarray(infer["embedding"]), np.asarray(out["features_0"]))
+
+
+def test_single_component_loss_is_eq10_on_all_data(single):
+    """Its only stage (pretrain) trains C_0 on every dataset with the integrate
+    stage's loss: Eq. 10, ``sum_d w_d (CE + centre + MD)(D_d)``."""
+    _, model, cfg, batch = single
+    out = model.net(batch["image"], training=False)
+    with tf.GradientTape() as tape:
+        tape.watch(out["logits_0"])
+        pre = model.stage_loss(batch, out, 0)
+    rows = np.abs(np.asarray(tape.gradient(pre["ce"], out["logits_0"]))).sum(-1) > 0
+    labelled = np.asarray(batch["emotion"]) >= 0
+    np.testing.assert_array_equal(rows, labelled)                 # both datasets
+    integrate = model.stage_loss(batch, out, 2)
+    for k in ("loss", "ce", "center", "md"):
+        np.testing.assert_allclose(float(pre[k]), float(integrate[k]), rtol=1e-6)
+    # Eq. 10 weighs the datasets, not the samples: leave 3 labelled samples in dataset 0
+    ds = np.asarray(batch["dataset_id"])
+    y = np.asarray(batch["emotion"]).copy()
+    y[:8] = -1
+    ce = [float(masked_softmax_cross_entropy(tf.constant(np.where(ds == d, y, -1)),
+                                             out["logits_0"], batch["emotion_mask"])["loss"])
+          for d in (0, 1)]
+    got = float(model.stage_loss({**batch, "emotion": tf.constant(y)}, out, 0)["ce"])
+    np.testing.assert_allclose(got, 0.5 * ce[0] + 0.5 * ce[1], rtol=1e-5)
+
+
+def test_single_component_stage_schedule(single):
+    """One stage (pretrain) for the whole fit; the lr follows the two-component
+    run's phases: lr for 60 % of the epochs, lr / 10 after."""
+    _, model, cfg, _ = single
+    lr = cfg["learning_rate"]
+    sched = M.StageSchedule(cfg)
+    sched.set_model(model)
+    sched.set_params({"epochs": 10})
+    sched.on_train_begin()
+    seen = []
+    for epoch in range(10):
+        sched.on_epoch_begin(epoch)
+        seen.append((model.current_stage, float(model.optimizer.learning_rate)))
+    assert seen == [(0, pytest.approx(lr))] * 6 + [(0, pytest.approx(lr * 0.1))] * 4
+    for stage in (1, 2, "finetune", "integrate"):
+        with pytest.raises(ValueError):
+            M.set_stage(model, stage)
+    fits = []
+    hist = M.train_stages(_Recorder(fits), None, (3, 1, 2), cfg=cfg)
+    assert list(hist) == ["pretrain", "pretrain_1", "pretrain_2"]
+    assert fits == [(0, 0, 3, pytest.approx(lr)), (0, 0, 1, pytest.approx(lr * 0.1)),
+                    (0, 0, 2, pytest.approx(lr * 0.1))]
+
+
+def test_single_component_trains_with_finite_loss(single):
+    _, model, cfg, batch = single
+    data = tf.data.Dataset.from_tensor_slices(batch).batch(8)
+    h = model.fit(data, epochs=3, verbose=0, callbacks=[M.StageSchedule(cfg)]).history
+    assert np.isfinite(h["loss"]).all() and np.isfinite(h["md"]).all(), h
+    assert model.current_stage == 0 and int(model.stage.numpy()) == 0
 
 
 def test_paper_preset_builds():
@@ -300,6 +414,19 @@ def test_fit_lowers_loss_and_beats_chance(trained, split):
     assert acc > 2 * chance(), acc
     out = infer(next(iter(test_ds))["image"])
     assert out["embedding"].shape[-1] == cfg["fc_units"]
+
+
+def test_single_component_fit_beats_chance(trained_single, split):
+    """The ablation learns the same data as ``trained`` in the same epochs."""
+    method, model, cfg, history = trained_single
+    h = history.history
+    pre = M.stage_epochs(EPOCHS, cfg["stage_fractions"])[0]
+    assert h["loss"][pre - 1] < 0.92 * h["loss"][0]
+    assert model.current_stage == 0                                # one stage throughout
+    assert float(model.optimizer.learning_rate) == pytest.approx(cfg["learning_rate"] * 0.1)
+    test_ds = inputs.dataset_from_samples(split[1], SIZE, 64, DATASETS)
+    acc = accuracy(method.inference_model(model, cfg), test_ds)
+    assert acc > 2 * chance(), acc
 
 
 def test_save_load_identical_predictions(trained, split, tmp_path):
