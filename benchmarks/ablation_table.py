@@ -19,7 +19,7 @@ from typing import Dict, List
 import numpy as np
 
 
-def fold_accuracies(folder: str) -> Dict[str, Dict[str, dict]]:
+def fold_results(folder: str) -> Dict[str, Dict[str, dict]]:
     """``{run name: {fold: result row}}`` of a committed results folder."""
     out: Dict[str, Dict[str, dict]] = {}
     for path in sorted(glob.glob(os.path.join(folder, "*", "*", "result.json"))):
@@ -32,7 +32,7 @@ def fold_accuracies(folder: str) -> Dict[str, Dict[str, dict]]:
 def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
     """One row per variant: the full method's and the variant's mean accuracy
     over their common folds, and the paired difference (full − variant)."""
-    full, variants = fold_accuracies(full_folder), fold_accuracies(variants_folder)
+    full, variants = fold_results(full_folder), fold_results(variants_folder)
     rows = []
     for run, folds in sorted(variants.items()):
         method = next(iter(folds.values()))["method"]
@@ -41,7 +41,9 @@ def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
             continue
         a = np.array([full[method][f]["accuracy"] for f in common])
         b = np.array([folds[f]["accuracy"] for f in common])
-        overrides = next(iter(folds.values())).get("settings", {}).get("overrides", {})
+        base = full[method][common[0]].get("settings", {}).get("overrides", {})
+        overrides = {k: v for k, v in next(iter(folds.values())).get("settings", {}).get(
+            "overrides", {}).items() if base.get(k, object()) != v}      # the switch itself
         rows.append({"method": method, "variant": run, "overrides": overrides,
                      "folds": len(common), "full": float(a.mean()), "full_std": float(a.std()),
                      "without": float(b.mean()), "without_std": float(b.std()),
@@ -54,8 +56,7 @@ def markdown(rows: List[dict]) -> str:
     lines = ["| method | without (switch) | folds | full | without | full − without (paired) "
              "| folds where full wins |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        switch = ", ".join(f"{k}: {v}" for k, v in sorted(r["overrides"].items())
-                           if k != "image_size")
+        switch = ", ".join(f"{k}: {v}" for k, v in sorted(r["overrides"].items()))
         lines.append(
             f"| {r['method']} | {r['variant']} (`{switch}`) | {r['folds']} "
             f"| {r['full']:.1%} ± {r['full_std']:.1%} | {r['without']:.1%} ± {r['without_std']:.1%} "

@@ -319,7 +319,7 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
 
     ``epochs``: the epoch count (default: the preset's, or calibrated from
     ``minutes`` when given). ``results_dir``: the committed results folder;
-    the finished fold's copy goes to ``results_dir/<method>/<fold>``
+    the finished fold's copy goes to ``results_dir/<run_name>/<fold>``
     (:func:`benchmarks.resume.publish`).
 
     A ``result.json`` in ``run_dir`` or in the committed folder made with the
@@ -329,20 +329,20 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
     stopped run of the same fingerprints resumes from ``run_dir/checkpoints``.
     """
     overrides = dict(overrides or {})
+    run_name = run_name or method_name
     fp = resume.fingerprint(method_name, resume.run_settings(
         method_name, fold, data, preset, overrides, epochs, minutes, seed))
     result_path = os.path.join(run_dir, "result.json")
-    run_name = run_name or method_name
     committed = os.path.join(results_dir, run_name, fold.name) if results_dir else None
     found_row, found, why = resume.reusable(
         [result_path] + ([os.path.join(committed, "result.json")] if committed else []), fp)
     if found_row is not None:
         log.info("%s/%s: finished earlier with the same settings and method code, reusing %s",
-                 method_name, fold.name, found)
+                 run_name, fold.name, found)
         return dict(_reuse(found_row, found == result_path, fold, data, run_dir, committed,
                            redo_figures), run=run_name)
     if why:
-        log.info("%s/%s: rerunning, %s: %s", method_name, fold.name, found, why)
+        log.info("%s/%s: rerunning, %s: %s", run_name, fold.name, found, why)
     resume.start_run(run_dir, fp)
     row = dict(train_fold(method_name, fold, data, run_dir, preset, overrides, epochs, minutes,
                           seed, figures_on),

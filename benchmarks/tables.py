@@ -60,8 +60,9 @@ def git_commit(repo_dir: Optional[str] = None) -> str:
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """One line per method: accuracy mean ± std over folds, mean per-class
-    recall (classes present in the test data), parameters, train time."""
+    """One line per run (a method, or a named variant): accuracy mean ± std over folds,
+    mean per-class recall (classes present in the test data), parameters, train
+    time."""
     by_method: Dict[str, List[Mapping[str, Any]]] = {}
     for r in rows:
         by_method.setdefault(r.get("run") or r["method"], []).append(r)

@@ -458,9 +458,9 @@ def test_ablation_table_pairs_a_variant_with_its_method_fold_by_fold(tmp_path):
             {"method": method, "accuracy": acc, "settings": {"overrides": overrides or {}}}))
 
     for fold, acc in (("fold0", 0.9), ("fold1", 0.7), ("fold2", 0.8)):
-        put("full", "ddmtl", fold, "ddmtl", acc)
+        put("full", "ddmtl", fold, "ddmtl", acc, {"image_size": 48})
     for fold, acc in (("fold0", 0.6), ("fold1", 0.8)):          # fold2 not finished yet
-        put("abl", "ddmtl-no_rw", fold, "ddmtl", acc, {"weights_from": "none"})
+        put("abl", "ddmtl-no_rw", fold, "ddmtl", acc, {"image_size": 48, "weights_from": "none"})
     (row,) = ablation_table.paired_rows(str(tmp_path / "full"), str(tmp_path / "abl"))
     # paired differences 0.3 and -0.1: mean 0.1, population std 0.2
     assert row["folds"] == 2 and row["full_better_folds"] == 1
