@@ -35,9 +35,23 @@ SCALAR_KEYS = ("emotion", "dataset_id", "subject_id", "sequence_id", "fold")
 Keep = Optional[Callable[[dict], tf.Tensor]]
 
 
+#: What :func:`group_by_face` keeps together: ``"sequence"`` (the capture
+#: sequence when known, else the subject) or ``"subject"``.
+GROUP_KEYS = ("sequence", "subject")
+
+
 def face_key(subject_id: tf.Tensor, sequence_id: tf.Tensor) -> tf.Tensor:
     """Grouping key of an example: its sequence when known, else its subject, else -1."""
     return tf.where(sequence_id >= 0, sequence_id, subject_id)
+
+
+def group_key_fn(group_key: str) -> Callable:
+    """The example -> key function of ``group_key`` (one of :data:`GROUP_KEYS`)."""
+    if group_key == "sequence":
+        return lambda e: face_key(e["subject_id"], e["sequence_id"])
+    if group_key == "subject":
+        return lambda e: e["subject_id"]
+    raise ValueError(f"group_key must be one of {GROUP_KEYS}, got {group_key!r}")
 
 
 def group_by_face(examples: tf.data.Dataset, key_fn: Callable, group_size: int) -> tf.data.Dataset:
@@ -56,10 +70,6 @@ def group_by_face(examples: tf.data.Dataset, key_fn: Callable, group_size: int) 
         key_func=lambda r: tf.cast(key_fn(r), tf.int64),
         reduce_func=lambda _, window: window.batch(group_size),
         window_size=group_size).unbatch()
-
-
-def _example_face_key(example: dict) -> tf.Tensor:
-    return face_key(example["subject_id"], example["sequence_id"])
 
 
 def _squeeze_scalars(batch: dict) -> dict:
@@ -133,14 +143,14 @@ def count(examples: tf.data.Dataset) -> int:
 def batches(examples: tf.data.Dataset, batch_size: int, training: bool = False,
             seed: int = 0, repeat: bool = False, augment: Optional[Callable] = None,
             group_size: int = 0, cache: bool = True,
-            shuffle_buffer: int = MAX_SHUFFLE) -> tf.data.Dataset:
+            shuffle_buffer: int = MAX_SHUFFLE, group_key: str = "sequence") -> tf.data.Dataset:
     """Batches of a source's examples.
 
     ``cache`` keeps the decoded examples in memory after the first pass, so
     later epochs cost no parsing. ``training`` shuffles (buffer
     ``shuffle_buffer``, i.e. the whole set below :data:`MAX_SHUFFLE`, with
-    ``seed``), puts runs of ``group_size`` same-face examples together when > 1
-    (:func:`group_by_face`), drops the last partial batch and applies
+    ``seed``), puts runs of ``group_size`` examples of the same ``group_key``
+    together when > 1 (:func:`group_by_face`), drops the last partial batch and applies
     ``augment`` (a batch-dict -> batch-dict function).
     """
     ds = examples.cache() if cache else examples
@@ -149,7 +159,7 @@ def batches(examples: tf.data.Dataset, batch_size: int, training: bool = False,
     if repeat:
         ds = ds.repeat()
     if training:
-        ds = group_by_face(ds, _example_face_key, group_size)
+        ds = group_by_face(ds, group_key_fn(group_key), group_size)
     ds = ds.batch(batch_size, drop_remainder=training)
     if training and augment is not None:
         # Sequential, so that stateful random ops draw in order: a seeded fit is

@@ -177,7 +177,8 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
 
     train_ds = inputs.batches(train_examples, batch_size, training=True, seed=plan.seed,
                               repeat=True, augment=lambda b: method.augment(b, cfg),
-                              group_size=int(cfg.get("batch_group_size", 0)), cache=False,
+                              group_size=int(cfg.get("batch_group_size", 0)),
+                              group_key=cfg.get("pair_within", "sequence"), cache=False,
                               shuffle_buffer=min(max(n_train, 1), inputs.MAX_SHUFFLE))
     eval_ds = (inputs.batches(eval_examples, batch_size) if eval_examples is not None
                else None)

@@ -41,3 +41,25 @@ def test_grouped_training_batches_hold_same_sequence_pairs():
     assert len({(s.subject, s.sequence) for s in train}) == 16
     assert _paired_fraction(train, 2) > 0.9
     assert _paired_fraction(train, 0) < 0.6       # ~1/3 by chance at batch 8
+
+
+def test_group_key_subject_keeps_subjects_together_across_sequences():
+    """``group_key="subject"`` (FERSNet's ``pair_within: subject``, for data
+    whose sequences hold one expression each, as CK+'s) groups by subject id,
+    not by sequence; an unknown key is a clear error."""
+    import pytest
+    import tensorflow as tf
+
+    sid = np.asarray([1, 2, 1, 2, 1, 2], np.int64)
+    seq = np.asarray([10, 20, 11, 21, 12, 22], np.int64)     # every sample its own sequence
+    ds = tf.data.Dataset.from_tensor_slices({"subject_id": sid, "sequence_id": seq})
+    by_subject = [int(e["subject_id"]) for e in
+                  inputs.group_by_face(ds, inputs.group_key_fn("subject"), 2)]
+    # two full runs of one subject each, then the two leftovers of the finite stream
+    assert by_subject[0] == by_subject[1] and by_subject[2] == by_subject[3], by_subject
+    assert sorted(by_subject[:4]) == [1, 1, 2, 2] and sorted(by_subject[4:]) == [1, 2]
+    by_sequence = [int(e["sequence_id"]) for e in
+                   inputs.group_by_face(ds, inputs.group_key_fn("sequence"), 2)]
+    assert sorted(by_sequence) == sorted(seq.tolist())     # runs of one: nothing pairs, nothing lost
+    with pytest.raises(ValueError, match="group_key"):
+        inputs.group_key_fn("session")

@@ -39,6 +39,7 @@ _COMMON = {
     "lambda_idt_end": 0.5,
     "idt_ramp_epochs": None,            # None: over the whole fit
     "pair_prob": 1.0,
+    "pair_within": "sequence",          # "subject": data whose sequences hold one expression (CK+)
     "batch_group_size": 2,
     "decoder_skips": False,
     "residual_output": False,

@@ -19,6 +19,7 @@ from models.fersnet.losses import (adversarial_loss, cycle_loss, discriminator_a
 from models.fersnet.networks import (NUM_CLASSES, build_classifier, build_decoder,
                                      build_discriminator, build_encoder, decoder_takes_image)
 from models.fersnet.pairing import pair_targets
+from models.inputs import GROUP_KEYS
 from models.layers import FusedBatchNorm
 from models.losses.classification import masked_mean, masked_softmax_cross_entropy
 from models.optimizers import FusedAdam
@@ -69,6 +70,9 @@ class FERSNetModel(keras.Model):
         super().__init__(**kwargs)
         self.cfg = dict(cfg)
         self.has_synthesis = bool(self.cfg.get("synthesis", True))
+        if self.cfg.get("pair_within", "sequence") not in GROUP_KEYS:
+            raise ValueError(f"fersnet: pair_within must be one of {GROUP_KEYS}, got "
+                             f"{self.cfg['pair_within']!r}")
         self.encoder = build_encoder(self.cfg)
         self.classifier = build_classifier(self.cfg)
         self.decoder = self.discriminator = self.embedder = self.id_head = None
@@ -291,7 +295,7 @@ class FERSNetModel(keras.Model):
         self._observe(data, emotion)
         target, partner, pair_mask = pair_targets(
             sid, emotion, mask, cfg["pair_prob"], allowed=tf.convert_to_tensor(self.emotions_seen),
-            sequence_id=data.get("sequence_id"))
+            sequence_id=data.get("sequence_id"), within=cfg.get("pair_within", "sequence"))
         id_terms = {}
         if self.id_head is not None:
             id_terms["id_loss"], id_terms["id_acc"] = self._train_identity(x, sid)

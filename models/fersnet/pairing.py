@@ -6,6 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from components import contract
+from models.inputs import GROUP_KEYS
 
 NUM_CLASSES = contract.NUM_EMOTIONS
 _NEG = -1e9
@@ -19,7 +20,7 @@ def _uniform(shape, seed):
 
 @tf.autograph.experimental.do_not_convert
 def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
-                 allowed=None, seed=None, sequence_id=None):
+                 allowed=None, seed=None, sequence_id=None, within: str = "sequence"):
     """Target expressions and same-subject target images inside a batch.
 
     Returns ``(target [B] int64, partner [B] int64, pair_mask [B] float32)``:
@@ -31,10 +32,16 @@ def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
     ([8] 0/1, e.g. the emotions seen in training) when that leaves any, and
     different from the sample's own emotion when possible.
 
-    "The same face": a sample whose ``sequence_id`` is known (>= 0) pairs only
-    with samples of that sequence (same pose, framing and light, so ``L_rec``
-    compares expressions, not pose); a sample of unknown sequence pairs with
-    any sample of its ``subject_id`` (>= 0; unknown subjects never pair).
+    "The same face", ``within="sequence"``: a sample whose ``sequence_id`` is
+    known (>= 0) pairs only with samples of that sequence (same pose, framing
+    and light, so ``L_rec`` compares expressions, not pose: capture sequences
+    that hold every expression, as the synthetic faces'); a sample of unknown
+    sequence pairs with any sample of its ``subject_id`` (>= 0; unknown
+    subjects never pair). ``within="subject"``: any sample of the same
+    subject (data whose sequences hold one expression each, as CK+'s).
+    A partner with the sample's own expression is never used: ``G(z, I)``
+    would be asked to copy a near-duplicate, and ``D`` would see the same
+    face as real and as fake (docs/methods.md, FERSNet, target selection).
     A sample with a partner uses it with probability ``pair_prob``.  ``seed``
     (shape [2] int) makes the draw deterministic.
     """
@@ -46,12 +53,15 @@ def pair_targets(subject_id, emotion, emotion_mask, pair_prob: float = 1.0,
     if seed is not None:
         seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
         s1, s2, s3 = seed, seed + [0, 1], seed + [0, 2]
+    if within not in GROUP_KEYS:
+        raise ValueError(f"fersnet: pair_within must be 'sequence' or 'subject', got {within!r}")
     same = (sid[:, None] == sid[None, :]) & (sid[:, None] >= 0)
-    if sequence_id is not None:
+    if sequence_id is not None and within == "sequence":
         seq = tf.reshape(tf.cast(sequence_id, tf.int64), [-1])
         same_seq = (seq[:, None] == seq[None, :]) & (seq[:, None] >= 0)
         same = tf.where(seq[:, None] >= 0, same_seq, same)
-    same = same & (emo[None, :] >= 0) & ~tf.cast(tf.eye(n), tf.bool)
+    other_expression = (emo[None, :] != emo[:, None]) | (emo[:, None] < 0)
+    same = same & (emo[None, :] >= 0) & other_expression & ~tf.cast(tf.eye(n), tf.bool)
     score = tf.where(same, 1.0 + _uniform([n, n], s1), 0.0)
     partner = tf.argmax(score, axis=1, output_type=tf.int64)
     use_pair = tf.reduce_any(same, axis=1) & (_uniform([n], s2) < pair_prob)
