@@ -427,7 +427,7 @@ class MultiDatasetNet(Method):
             "md_weight": 0.01,
             "md_variant": "log_ratio",     # Eqs 6/9 | margin_hinge (fer-mtl's earlier loss)
             "md_nearest": 2,               # P of Eq 9 (None: every other centre, Eq 6)
-            "md_hinge": False,             # log_ratio clipped at 0 (Magnet loss)
+            "md_hinge": True,              # log_ratio clipped at 0, as the Magnet loss it follows
             "md_lambda": "mean",           # Eq 7 mean | sum (as printed)
             "md_margin_scale": 1.0,        # margin_hinge only
             "dataset_weights": [0.5, 0.5],
