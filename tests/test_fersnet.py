@@ -5,13 +5,14 @@ equations and presets: tests/test_fersnet_paper.py.
 Default run: unit tests (pairing, augmentation, the lambda4 ramp), the
 ablations' short fits, then one short FERSNet fit (fixture ``short_fit``)
 that must beat chance on held-out subjects and is shared by the mechanics
-checks: losses go down, the discriminator and the identity network learn,
+checks: losses go down, the identity network learns (the discriminator does not: xfail),
 save/load, the exported signatures, ConvFLU gate maps and FES augmentation.
 
 ``slow`` (``make test-all``, ~10 more minutes on 2 cores): a 3500-step fit on
 40 subjects (fixture ``synthesis_run``, the same run as ``make
 bench-synthesis``) whose synthesized faces keep the source face and show the
-target expression to a frozen expression oracle.
+target expression to a frozen expression oracle; and a 20-epoch fit with the
+paper's (non-residual) decoder whose discriminator passes 0.6.
 """
 
 from __future__ import annotations
@@ -302,13 +303,27 @@ def test_identity_network_learns_the_subjects(short_fit):
 
 @pytest.mark.xfail(reason="measured: d_acc stays 0.50-0.58 in the joint fit; D's real and fake "
                           "gradients cancel (cosine -0.98 to -1.0) because the residual G's fakes "
-                          "are near-copies of real faces of the batch (docs/methods.md, FERSNet, "
+                          "are near-copies of real faces of the batch; with the paper's decoder "
+                          "it learns (the slow test below) (docs/methods.md, FERSNet, "
                           "does D learn?; benchmarks/fersnet_discriminator.py)", strict=False)
 def test_discriminator_learns(short_fit):
     """The PatchGAN tells real from fake on the training batches: its
     accuracy (mean patch logit > 0 for real, < 0 for fake) rises above 0.6."""
     h = short_fit[3].history
     assert max(h["d_acc"]) > 0.6, h["d_acc"]
+
+
+@pytest.mark.slow
+def test_discriminator_learns_against_the_papers_decoder(split):
+    """With the paper's decoder (no residual output, no U-Net skips: G's fakes
+    are drawn, not copied from the input) the PatchGAN does learn in the joint
+    fit: its accuracy on the training batches passes 0.6 within 20 epochs
+    (measured 0.78 at epoch 19, seed 0; ~150 s on 2 cores)."""
+    train, test = split
+    _, _, _, history = training.train(
+        F.FERSNet(), train, test, preset="small", epochs=20, seed=0,
+        overrides={"residual_output": False, "decoder_skips": False})
+    assert max(history.history["d_acc"]) > 0.6, history.history["d_acc"]
 
 
 @pytest.mark.parametrize("overrides, absent, present", [
