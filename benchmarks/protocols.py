@@ -61,6 +61,7 @@ from pipeline import artifacts, figures
 from pipeline.config import DEFAULT_BEAM_ARGS
 from pipeline.pipeline import data_pipeline
 from benchmarks import resume, run_figures
+from benchmarks.ablation_table import fold_results
 from benchmarks.tables import (BenchmarkError, git_commit, hardware, method_of,
                                resolve_methods, summarize, write_table)
 
@@ -498,7 +499,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
     ``results_dir``: the committed results folder (e.g. ``docs/results/...``):
     every fold's ``result.json``, ``predictions.csv`` and confusion matrix go
-    to ``results_dir/<method>/<fold>/`` as it finishes, the table to
+    to ``results_dir/<method>/<fold>/`` as it finishes, the table of every
+    fold committed there (this run's and earlier ones') to
     ``results_dir/results.md``; a fold found there with the same settings and
     method code is not rerun.
     """
@@ -543,7 +545,9 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     table = write_table(rows, out_dir, title=f"fermtl benchmark — {protocol}",
                         seed_reported=seed_reported, notes=notes)
     if results_dir:
-        write_table(rows, results_dir, title=f"fermtl benchmark — {protocol}",
+        # the committed table holds every committed fold, not only this run's
+        committed = [r for folds in fold_results(results_dir).values() for r in folds.values()]
+        write_table(committed, results_dir, title=f"fermtl benchmark — {protocol}",
                     seed_reported=seed_reported, notes=notes)
     extra = {}
     if figures_on:

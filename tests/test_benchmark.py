@@ -211,11 +211,20 @@ def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys, monkeyp
         assert json.loads((kept / "result.json").read_text())["accuracy"] == r["accuracy"]
     assert "| baseline | small |" in (committed / "results.md").read_text()
     _png_ok(out / "accuracy.png")
+    # a fold committed by an earlier run of another method stays in the committed table
+    other = committed / "baseline-earlier" / "fold0"
+    other.mkdir(parents=True)
+    earlier = dict(json.loads((committed / "baseline" / "fold0" / "result.json").read_text()),
+                   run="baseline-earlier")
+    (other / "result.json").write_text(json.dumps(earlier))
     first = (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime
     capsys.readouterr()
     assert cli.main(argv) == 0                                       # resumes: reuses results
     assert (out / "runs" / "baseline" / "fold0" / "result.json").stat().st_mtime == first
     assert "| baseline | small |" in capsys.readouterr().out
+    table = (committed / "results.md").read_text()
+    assert "| baseline | small |" in table and "| baseline-earlier | small |" in table
+    assert "| baseline-earlier |" not in (out / "results.md").read_text()   # this run's rows
     tsne = out / "runs" / "baseline" / "fold1" / "tsne.png"
     os.remove(tsne)
     assert cli.main(argv + ["--redo-figures"]) == 0                  # redraws from the weights
