@@ -85,7 +85,8 @@ def _read_tfrecords(files: Sequence[pathlib.Path]) -> Iterator[contract.FaceSamp
 def open_source(path, *, reader: Optional[str] = None, dataset: Optional[str] = None,
                 progress: bool = False, **options
                 ) -> Tuple[Iterator[contract.FaceSample], Quarantine, str]:
-    """(samples, quarantine, kind) of a TFRecord file/folder or a raw source.
+    """(samples, quarantine, kind) of a TFRecord file/folder, a raw source or a
+    data spec (``.yaml``, :func:`open_data_spec`).
 
     ``reader`` forces a reader type (default: TFRecords if any, else
     :func:`readers.detect_reader`); ``dataset`` defaults to the folder / file
@@ -95,6 +96,8 @@ def open_source(path, *, reader: Optional[str] = None, dataset: Optional[str] = 
     source = pathlib.Path(path)
     if not source.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist")
+    if source.is_file() and source.suffix in (".yaml", ".yml") and not reader:
+        return open_data_spec(source)
     files = [] if reader else tfrecord_files(source)
     if files:
         quarantine = Quarantine()
@@ -108,6 +111,21 @@ def open_source(path, *, reader: Optional[str] = None, dataset: Optional[str] = 
     samples = readers.read_source(kind, str(source), name, quarantine,
                                   progress=progress, **options)
     return samples, quarantine, kind
+
+
+def open_data_spec(path) -> Tuple[Iterator[contract.FaceSample], Quarantine, str]:
+    """(samples, quarantine, "data spec") of every source of a data spec, read
+    as FaceIngestion reads them (AU tables joined, label sets applied), before
+    detection and alignment."""
+    import itertools
+
+    from components.ingestion import DataSpec
+    from components.ingestion.executor import iter_source
+
+    spec = DataSpec.load(str(path))
+    quarantine = Quarantine()
+    samples = itertools.chain.from_iterable(iter_source(src, quarantine) for src in spec.sources)
+    return samples, quarantine, "data spec"
 
 
 # --- counting ----------------------------------------------------------------

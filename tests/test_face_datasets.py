@@ -277,3 +277,22 @@ def test_last_frames_keeps_the_last_frame_of_each_sequence(tmp_path):
     assert len(two) == 14 and {s.uid[-6:-4] for s in two} == {"10", "11"}
     with pytest.raises(ValueError, match="last_frames"):
         list(read_class_folders(tmp_path / "ck", "ck", Quarantine(), last_frames=0))
+
+
+def test_inspect_a_data_spec_reads_as_ingestion_does(tmp_path):
+    """``fermtl data inspect spec.yaml``: every source as FaceIngestion reads it
+    (the AU table joined by sequence, the table not counted as an input)."""
+    from components import inspect
+
+    n_images = 3 * len(_ck_tree(tmp_path / "ck", n_subjects=2))
+    spec = tmp_path / "ck.yaml"
+    spec.write_text(json.dumps({
+        "sources": [{"reader": "class_folders", "path": str(tmp_path / "ck"),
+                     "dataset": "ckplus48", "aligned": True,
+                     "au_table": {"path": str(tmp_path / "ck" / "facs.csv"), "key": "sequence"}}],
+        "image_size": 48, "detector": "none"}))
+    report = inspect.inspect(str(spec), out_dir=str(tmp_path / "out"))
+    d = report.to_dict()
+    assert report.n_samples == n_images and d["kind"] == "data spec"
+    assert d["with_aus"] == n_images and d["n_subjects"] == 2
+    assert "no_class_folder" not in d["quarantine"]["by_reason"]

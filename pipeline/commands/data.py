@@ -47,7 +47,8 @@ def register(subparsers) -> None:
                     "dataset, domain, subject and split; print the quarantine summary; "
                     "write contact_sheet.png and counts.json.")
     insp.add_argument("path", metavar="PATH",
-                      help="TFRecord file, folder of TFRecords, or raw dataset source")
+                      help="TFRecord file, folder of TFRecords, raw dataset source, or a data "
+                           "spec (.yaml: its sources as FaceIngestion reads them)")
     insp.add_argument("--reader", choices=READER_TYPES,
                       help="raw source type (default: detected)")
     insp.add_argument("--dataset", help="dataset name of a raw source (default: its name)")
