@@ -2,7 +2,7 @@
 encoded JPEG/PNG bytes in, ``probabilities`` out through the SavedModel's
 ``serving_default`` signature (decode, resize, model). Prints accuracy and
 images/s at batch 1 and batch 64 — the numbers that sit beside the ``fer``
-peer's (``benchmarks/peer_fer.py``, whose "box" settings also skip detection)
+peer's (``benchmarks/peer_fer.py``, whose ``face-*`` settings also skip detection)
 in docs/RESULTS.md.
 
 Takes finished ``fermtl benchmark`` runs (``OUT/runs/<method>/<fold>/``); each
