@@ -47,5 +47,5 @@ def draw(method_name: str, method, model, cfg, fold_name: str, arrays: Mapping,
                 os.path.join(run_dir, "convflu_gates.png"), title=f"{title}: ConvFLU gates")
         attempt("synthesis_grid", figures.synthesis_grid_plot, model, faces,
                 os.path.join(run_dir, "synthesis_grid.png"),
-                title=f"{title}: synthesized expressions")
+                title=f"{title}: synthesized expressions", emotions=figures.present_emotions(y))
     return out

@@ -47,6 +47,12 @@ def _present_classes(*label_arrays) -> list:
     return present
 
 
+def present_emotions(*label_arrays) -> list:
+    """Names (contract order) of the emotions that occur in ``label_arrays``
+    (-1 = unlabelled), e.g. a CK+ fold's synthesis targets: contempt, no neutral."""
+    return [contract.EMOTIONS[i] for i in _present_classes(*label_arrays)]
+
+
 def confusion_matrix_plot(y_true, y_pred, path, title: str = "Confusion matrix") -> str:
     """:func:`confusion_matrix_figure` of ``models.metrics.confusion_matrix``
     (unlabelled faces, ``y_true < 0``, are not counted)."""
@@ -236,5 +242,5 @@ def accuracy_bars(summary: Sequence[Mapping[str, Any]], path,
     return _save(fig, path)
 
 
-__all__ = ["confusion_matrix_plot", "confusion_matrix_figure", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
+__all__ = ["present_emotions", "confusion_matrix_plot", "confusion_matrix_figure", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
            "example_faces", "convflu_gate_plot", "synthesis_grid_plot", "accuracy_bars"]

@@ -170,6 +170,11 @@ def test_fersnet_figures_write_pngs(tmp_path):
     assert faces.shape == (3, 32, 32, 1)
     _png_ok(figures.convflu_gate_plot(model, faces, tmp_path / "gates.png"))
     _png_ok(figures.synthesis_grid_plot(model, faces, tmp_path / "grid.png"))
+    # the targets are the data's classes (a CK+ fold: contempt, no neutral)
+    labels = [0, contract.canonical_emotion("contempt"), -1, 5]
+    assert figures.present_emotions(labels) == ["anger", "surprise", "contempt"]
+    _png_ok(figures.synthesis_grid_plot(model, faces, tmp_path / "grid_ck.png",
+                                        emotions=figures.present_emotions(labels)))
 
 
 def test_benchmark_command_kfold_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
