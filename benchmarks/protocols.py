@@ -17,7 +17,21 @@ Steps (:func:`run_benchmark`):
    * ``kfold``: fold ``i`` tests the examples whose ``fold`` is ``i`` and
      trains on the rest;
    * ``cross``: train on the datasets ``train_datasets``, test on
-     ``test_datasets``.
+     ``test_datasets`` (:func:`cross_classes`). ``train_split`` /
+     ``test_split`` (``all``, the default: both splits; ``train``; ``eval``)
+     restrict a side to one split of the spec, e.g. FER2013 Training only on
+     the train side, or its PublicTest (``eval``) on the test side, so
+     neither sees the other split. ``all`` is the default because a dataset
+     without a split of its own (CK+) has an ``eval`` split that is only its
+     fold 0. Only the classes both sides label are scored: the train side's
+     label set is the union of its examples' ``emotion_mask`` (the contract's
+     per-dataset label sets), and a test example of a class outside it
+     (CK+'s contempt, for a FER2013-trained model) is left out of the test
+     side, counted per class in the fold's description and in
+     ``result.json`` (``cross_classes``); no class in common is an error.
+     ``accuracy`` stays the model's own argmax (a FER2013 model that calls a
+     CK+ face neutral is wrong); ``accuracy_shared_classes`` takes the argmax
+     over the scored classes only.
 
 3. **Runs.** Each (method, fold) is fitted by the training core
    (``models.training.fit``, as the TFX Trainer does) into
@@ -52,9 +66,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
+from components import contract
 from components.ingestion import DataSpec
 from components.ingestion import executor as ingestion_executor
 from models import inputs, training
+from models.metrics import emotion_metrics
 from models.registry import get_method
 from models.trainer_module import dataset_vocabulary
 from pipeline import artifacts, figures
@@ -68,6 +84,8 @@ from benchmarks.tables import (BenchmarkError, git_commit, hardware, method_of,
 log = logging.getLogger("fermtl.benchmark")
 
 PROTOCOLS = ("holdout", "kfold", "cross")
+#: ``train_split`` / ``test_split`` of a cross fold: ``all`` = both splits.
+CROSS_SPLITS = ("all", "train", "eval")
 #: Features kept per run for the t-SNE plot.
 MAX_FEATURES = 2000
 
@@ -136,6 +154,8 @@ class Fold:
     test_keep: Optional[Callable] = None
     sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)
     protocol: str = ""
+    #: cross: the classes each side labels, those scored, the test examples left out
+    classes: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def train(self, data: PreparedData) -> tf.data.Dataset:
         return data.examples(self.train_splits, self.train_keep)
@@ -145,8 +165,14 @@ class Fold:
 
     def describe(self) -> str:
         s = self.sizes
-        return (f"{self.name}: train {s.get('train', '?')} ({s.get('train_subjects', '?')} "
+        text = (f"{self.name}: train {s.get('train', '?')} ({s.get('train_subjects', '?')} "
                 f"subjects), test {s.get('test', '?')} ({s.get('test_subjects', '?')} subjects)")
+        left = self.classes.get("left_out") or {}
+        if left:
+            text += (f", {sum(left.values())} test examples left out ("
+                     + ", ".join(f"{c} {n}" for c, n in left.items())
+                     + ": classes the train side never labels)")
+        return text
 
 
 def _sizes(examples: tf.data.Dataset) -> Dict[str, Any]:
@@ -172,9 +198,63 @@ def _is_in(key: str, values: Sequence[int]):
     return lambda e: tf.reduce_any(tf.equal(tf.cast(e[key], tf.int64), ids))
 
 
+def _split_names(split: str, side: str) -> tuple:
+    """The spec splits a cross side reads: ``all`` -> both."""
+    if split not in CROSS_SPLITS:
+        raise BenchmarkError(f"cross: {side} split {split!r}; choose from {CROSS_SPLITS}")
+    return ("train", "eval") if split == "all" else (split,)
+
+
+def _label_sets(examples: tf.data.Dataset):
+    """``(label set [8] bool, examples per class [8])`` of a selection: the
+    union of its examples' ``emotion_mask`` (the classes its datasets label)."""
+    labelled = np.zeros(contract.NUM_EMOTIONS, bool)
+    counts = np.zeros(contract.NUM_EMOTIONS, np.int64)
+    for b in examples.map(lambda e: {"emotion": e["emotion"],
+                                     "emotion_mask": e["emotion_mask"]}).batch(4096):
+        labelled |= (b["emotion_mask"].numpy() > 0).any(0)
+        y = b["emotion"].numpy().astype(np.int64).reshape(-1)
+        counts += np.bincount(y[y >= 0], minlength=contract.NUM_EMOTIONS)
+    return labelled, counts
+
+
+def _class_names(mask) -> List[str]:
+    return [e for e, m in zip(contract.EMOTIONS, mask) if m]
+
+
+def cross_classes(train: tf.data.Dataset, test: tf.data.Dataset, train_names: Sequence[str],
+                  test_names: Sequence[str]) -> Dict[str, Any]:
+    """What a cross fold scores: ``train_label_set`` / ``test_label_set`` (the
+    classes each side's datasets label), ``scored`` (both), ``left_out`` (class
+    -> test examples of a class the train side never labels) and ``reason``.
+    Raises :class:`BenchmarkError` when the two sides share no class."""
+    train_set, _ = _label_sets(train)
+    test_set, test_counts = _label_sets(test)
+    scored = train_set & test_set
+    if not scored.any():
+        raise BenchmarkError(
+            f"cross: the train side ({'+'.join(train_names)}) labels "
+            f"{_class_names(train_set)} and the test side ({'+'.join(test_names)}) labels "
+            f"{_class_names(test_set)}: no class in common, nothing to score")
+    left = {e: int(n) for e, n, t in zip(contract.EMOTIONS, test_counts, train_set)
+            if n and not t}
+    return {"train_label_set": _class_names(train_set),
+            "test_label_set": _class_names(test_set), "scored": _class_names(scored),
+            "left_out": left,
+            "reason": "test examples of classes the train datasets never label are left out"}
+
+
+def _scored_only(keep: Callable, scored: Sequence[str]) -> Callable:
+    """``keep``, less the labelled examples of a class not in ``scored``."""
+    in_scored = _is_in("emotion", [contract.EMOTIONS.index(c) for c in scored])
+    return lambda e: tf.logical_and(keep(e), tf.logical_or(
+        tf.less(tf.cast(e["emotion"], tf.int64), 0), in_scored(e)))
+
+
 def make_folds(data: PreparedData, protocol: str, k: int = 10,
                train_datasets: Sequence[str] = (),
-               test_datasets: Sequence[str] = ()) -> List[Fold]:
+               test_datasets: Sequence[str] = (), train_split: str = "all",
+               test_split: str = "all") -> List[Fold]:
     """The folds of ``protocol`` on prepared data (see the module docstring).
 
     Raises :class:`BenchmarkError` when a fold would be empty or a named
@@ -183,6 +263,8 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
     both = ("train", "eval")
     if protocol not in PROTOCOLS:
         raise BenchmarkError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    if protocol != "cross" and (train_split, test_split) != ("all", "all"):
+        raise BenchmarkError(f"{protocol}: train_split / test_split are for cross only")
     if protocol == "holdout":
         folds = [Fold("holdout", ("train",), ("eval",))]
     elif protocol == "kfold":
@@ -203,9 +285,7 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
         shared = sorted(set(train_datasets) & set(test_datasets))
         if shared:
             raise BenchmarkError(f"cross: {shared} is both a train and a test dataset")
-        folds = [Fold(f"{'+'.join(train_datasets)}-to-{'+'.join(test_datasets)}", both, both,
-                      train_keep=_is_in("dataset_id", [present.index(d) for d in train_datasets]),
-                      test_keep=_is_in("dataset_id", [present.index(d) for d in test_datasets]))]
+        folds = [_cross_fold(data, train_datasets, test_datasets, train_split, test_split)]
     for fold in folds:
         tr, te = _sizes(fold.train(data)), _sizes(fold.test(data))
         fold.protocol = protocol
@@ -219,6 +299,36 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
     if not any(f.sizes["test_labelled"] for f in folds):
         raise BenchmarkError(f"{protocol}: no fold has an emotion-labelled test example")
     return folds
+
+
+def _cross_fold(data: PreparedData, train_datasets: Sequence[str],
+                test_datasets: Sequence[str], train_split: str, test_split: str) -> Fold:
+    """The cross fold: named ``A-to-B``, a side restricted to one split getting
+    ``.<split>`` (``fer2013.train-to-ckplus48``); its test side holds only the
+    classes both sides label (:func:`cross_classes`)."""
+    train_splits, test_splits = _split_names(train_split, "train"), _split_names(test_split,
+                                                                                 "test")
+    train_keep = _is_in("dataset_id", [data.datasets.index(d) for d in train_datasets])
+    test_keep = _is_in("dataset_id", [data.datasets.index(d) for d in test_datasets])
+    classes = cross_classes(data.examples(train_splits, train_keep),
+                            data.examples(test_splits, test_keep), train_datasets, test_datasets)
+    name = "-to-".join("+".join(names) + ("" if split == "all" else f".{split}")
+                       for names, split in ((train_datasets, train_split),
+                                            (test_datasets, test_split)))
+    return Fold(name, train_splits, test_splits, train_keep=train_keep,
+                test_keep=_scored_only(test_keep, classes["scored"]), classes=classes)
+
+
+def shared_class_scores(arrays: Mapping[str, np.ndarray],
+                        scored: Sequence[str]) -> Dict[str, float]:
+    """``accuracy_shared_classes`` / ``balanced_accuracy_shared_classes``: the
+    argmax over the ``scored`` classes only (``collect_predictions`` arrays)."""
+    ids = [contract.EMOTIONS.index(c) for c in scored]
+    prob = np.full_like(arrays["probabilities"], -np.inf)
+    prob[:, ids] = arrays["probabilities"][:, ids]
+    m = emotion_metrics(arrays["emotion"], prob)
+    return {"accuracy_shared_classes": m["accuracy"],
+            "balanced_accuracy_shared_classes": m["balanced_accuracy"]}
 
 
 # --------------------------------------------------------------------------- #
@@ -417,6 +527,9 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
                                    "confusion_matrix", "num_examples")},
         **{k: metrics[k] for k in ("au_mean_f1", "au_mean_accuracy") if k in metrics},
     }
+    if fold.classes:
+        row["cross_classes"] = dict(fold.classes)
+        row.update(shared_class_scores(arrays, fold.classes["scored"]))
     if figures_on:
         row["figures"] = run_figures.draw(method_name, method, model, cfg, fold.name, arrays,
                                           run_dir)
@@ -483,6 +596,7 @@ def redo_run_figures(row: Dict[str, Any], fold: Fold, data: PreparedData,
 # --------------------------------------------------------------------------- #
 def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", k: int = 10,
                   train_datasets: Sequence[str] = (), test_datasets: Sequence[str] = (),
+                  train_split: str = "all", test_split: str = "all",
                   method_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
                   preset: str = "small", epochs: Optional[int] = None,
                   minutes: Optional[float] = None, seed: int = 0, folds_limit: Optional[int] = None,
@@ -497,6 +611,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     (a run name other than a method's is a variant: ``method`` names what it
     trains; ``methods`` may name it).
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
+    ``train_split`` / ``test_split``: cross only, ``all`` / ``train`` / ``eval``
+    (:func:`make_folds`).
     ``results_dir``: the committed results folder (e.g. ``docs/results/...``):
     every fold's ``result.json``, ``predictions.csv`` and confusion matrix go
     to ``results_dir/<method>/<fold>/`` as it finishes, the table of every
@@ -518,7 +634,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     for size in sorted(set(sizes.values())):
         log.info("data: %d source(s) at %d px", len(spec.sources), size)
         prepared[size] = prepare_data(spec, os.path.join(out_dir, "data"), size, beam_args)
-        folds_of[size] = make_folds(prepared[size], protocol, k, train_datasets, test_datasets)
+        folds_of[size] = make_folds(prepared[size], protocol, k, train_datasets, test_datasets,
+                                    train_split=train_split, test_split=test_split)
         if folds_limit:
             folds_of[size] = folds_of[size][:int(folds_limit)]
     first = folds_of[min(folds_of)]

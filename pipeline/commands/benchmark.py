@@ -15,6 +15,12 @@ results folder (relative to the YAML's folder; ``--results`` overrides it)::
       ddmtl: "CK+ 99.2 % (10-fold)"
     results: ../../../docs/results/ckplus_kfold
 
+Cross-dataset: ``--protocol cross --train-datasets A --test-datasets B``, with
+``--train-split`` / ``--test-split`` (``all``, ``train``, ``eval``) to keep a side
+to one split of the spec (FER2013 -> CK+48: ``--train-split train``; CK+48 ->
+FER2013 PublicTest: ``--test-split eval``). Test examples of a class the train
+datasets never label are left out and counted (benchmarks/protocols.py).
+
 Each finished fold's ``result.json``, ``predictions.csv`` and confusion matrix go
 to ``RESULTS/<method>/<fold>/`` (commit them). Rerunning the same command skips
 every fold whose result there (or in ``--out``) was made with the same settings
@@ -43,6 +49,12 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, help="kfold: run only the first N folds")
     p.add_argument("--train-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--test-datasets", default="", help="cross: comma-separated dataset names")
+    p.add_argument("--train-split", default="all", choices=["all", "train", "eval"],
+                   help="cross: the spec split the train side reads (default all: both "
+                        "splits; train: e.g. FER2013 Training only)")
+    p.add_argument("--test-split", default="all", choices=["all", "train", "eval"],
+                   help="cross: the spec split the test side reads (default all: both "
+                        "splits; eval: e.g. FER2013 PublicTest)")
     p.add_argument("--settings", help="YAML with per-method settings and seed-reported numbers")
     p.add_argument("--preset", default="small", help="preset for methods without settings")
     p.add_argument("--epochs", type=int,
@@ -116,7 +128,8 @@ def _benchmark(args) -> int:
         result = run_benchmark(
             data_spec_of(args.data), os.path.abspath(args.out), methods=args.methods,
             protocol=args.protocol, k=args.k, train_datasets=_names(args.train_datasets),
-            test_datasets=_names(args.test_datasets),
+            test_datasets=_names(args.test_datasets), train_split=args.train_split,
+            test_split=args.test_split,
             method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
             figures_on=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
