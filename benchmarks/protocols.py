@@ -6,16 +6,27 @@ Steps (:func:`run_benchmark`):
    (``pipeline.pipeline.data_pipeline``: FaceIngestion -> statistics, schema,
    validation -> Transform) run into ``OUT/data``, cached by ML Metadata: a
    later call with the same spec runs nothing, a method with another input
-   size runs Transform alone. With ``kfold`` the spec gets ``split.kfold.k``,
-   so FaceIngestion writes every example's fold (subject-disjoint, stratified
-   by emotion); folds are filters on that one Transform output, never a
-   re-ingestion.
-2. **Folds** (:func:`make_folds`) — the protocol decides train/test:
+   size runs Transform alone. With ``kfold`` / ``kfold_val`` the spec gets
+   ``split.kfold.k``, so FaceIngestion writes every example's fold
+   (subject-disjoint, stratified by emotion); folds are filters on that one
+   Transform output, never a re-ingestion.
+2. **Folds** (:func:`make_folds`) — the protocol decides train/(validation/)test:
 
    * ``holdout``: the spec's own split (train -> eval), e.g. FER2013
      Training -> PublicTest;
    * ``kfold``: fold ``i`` tests the examples whose ``fold`` is ``i`` and
      trains on the rest;
+   * ``kfold_val``: k-fold with a validation group (DDMTL's CK+ protocol, Sec.
+     4.1: 8 groups, 6 train / 1 validation / 1 test): fold ``i`` tests group
+     ``i``, validates on group ``(i + 1) % k`` and trains on the other
+     ``k - 2``. The validation group selects the epoch: after every epoch the
+     core scores it (``models.training.SelectBest``, Keras
+     ``ModelCheckpoint(save_best_only=True)`` on ``evaluate``'s accuracy) and
+     the run keeps the weights of the best validation epoch, which are the
+     ones tested (and saved). The test group is seen by neither training nor
+     selection. ``result.json`` records ``validation_group``,
+     ``selected_epoch``, ``validation_accuracy`` and every epoch's
+     ``validation_scores``;
    * ``cross``: train on the datasets ``train_datasets``, test on
      ``test_datasets`` (:func:`cross_classes`). ``train_split`` /
      ``test_split`` (``all``, the default: both splits; ``train``; ``eval``)
@@ -83,7 +94,9 @@ from benchmarks.tables import (BenchmarkError, git_commit, hardware, method_of,
 
 log = logging.getLogger("fermtl.benchmark")
 
-PROTOCOLS = ("holdout", "kfold", "cross")
+PROTOCOLS = ("holdout", "kfold", "kfold_val", "cross")
+#: The protocols whose folds are FaceIngestion's ``fold`` (``split.kfold``).
+KFOLD_PROTOCOLS = ("kfold", "kfold_val")
 #: ``train_split`` / ``test_split`` of a cross fold: ``all`` = both splits.
 CROSS_SPLITS = ("all", "train", "eval")
 #: Features kept per run for the t-SNE plot.
@@ -112,10 +125,11 @@ class PreparedData:
 
 
 def benchmark_spec(spec: DataSpec, protocol: str, k: int) -> DataSpec:
-    """The spec the benchmark ingests: with ``kfold``, ``split.kfold`` = ``{k}``
-    (every example gets its fold; the train/eval split is left as it is)."""
+    """The spec the benchmark ingests: with ``kfold`` / ``kfold_val``,
+    ``split.kfold`` = ``{k}`` (every example gets its fold; the train/eval
+    split is left as it is)."""
     raw = json.loads(spec.to_json())
-    if protocol == "kfold":
+    if protocol in KFOLD_PROTOCOLS:
         raw["split"]["kfold"] = {"k": int(k)}
     return DataSpec.from_dict(raw)
 
@@ -145,7 +159,9 @@ def prepare_data(spec: DataSpec, data_dir: str, image_size: int,
 # --------------------------------------------------------------------------- #
 @dataclasses.dataclass
 class Fold:
-    """A train/test pair of example selections on :class:`PreparedData`."""
+    """A train/test pair of example selections on :class:`PreparedData`, and
+    with ``val_keep`` a validation selection (of ``test_splits``) that picks
+    the epoch; ``validation_group``: its k-fold group."""
 
     name: str
     train_splits: Sequence[str]
@@ -156,6 +172,8 @@ class Fold:
     protocol: str = ""
     #: cross: the classes each side labels, those scored, the test examples left out
     classes: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    val_keep: Optional[Callable] = None
+    validation_group: Optional[int] = None
 
     def train(self, data: PreparedData) -> tf.data.Dataset:
         return data.examples(self.train_splits, self.train_keep)
@@ -163,10 +181,15 @@ class Fold:
     def test(self, data: PreparedData) -> tf.data.Dataset:
         return data.examples(self.test_splits, self.test_keep)
 
+    def validation(self, data: PreparedData) -> Optional[tf.data.Dataset]:
+        return None if self.val_keep is None else data.examples(self.test_splits, self.val_keep)
+
     def describe(self) -> str:
         s = self.sizes
-        text = (f"{self.name}: train {s.get('train', '?')} ({s.get('train_subjects', '?')} "
-                f"subjects), test {s.get('test', '?')} ({s.get('test_subjects', '?')} subjects)")
+        parts = [("train", "train"), ("validation", "val"), ("test", "test")]
+        text = f"{self.name}: " + ", ".join(
+            f"{word} {s.get(key, '?')} ({s.get(key + '_subjects', '?')} subjects)"
+            for word, key in parts if key != "val" or self.val_keep is not None)
         left = self.classes.get("left_out") or {}
         if left:
             text += (f", {sum(left.values())} test examples left out ("
@@ -273,6 +296,15 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
         folds = [Fold(f"fold{i}", both, both,
                       train_keep=(lambda e, i=i: tf.not_equal(e["fold"], i)),
                       test_keep=(lambda e, i=i: tf.equal(e["fold"], i))) for i in range(int(k))]
+    elif protocol == "kfold_val":
+        if int(k) < 3:
+            raise BenchmarkError(f"kfold_val needs k >= 3 (train, validation, test), got {k}")
+        folds = [Fold(f"fold{i}", both, both,
+                      train_keep=(lambda e, i=i, v=v: tf.logical_and(
+                          tf.not_equal(e["fold"], i), tf.not_equal(e["fold"], v))),
+                      test_keep=(lambda e, i=i: tf.equal(e["fold"], i)),
+                      val_keep=(lambda e, v=v: tf.equal(e["fold"], v)), validation_group=v)
+                 for i, v in ((i, (i + 1) % int(k)) for i in range(int(k)))]
     else:
         present = data.datasets
         if not train_datasets or not test_datasets:
@@ -287,15 +319,22 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
             raise BenchmarkError(f"cross: {shared} is both a train and a test dataset")
         folds = [_cross_fold(data, train_datasets, test_datasets, train_split, test_split)]
     for fold in folds:
-        tr, te = _sizes(fold.train(data)), _sizes(fold.test(data))
+        sides = {"train": _sizes(fold.train(data)), "test": _sizes(fold.test(data))}
+        if fold.val_keep is not None:
+            sides["val"] = _sizes(fold.validation(data))
         fold.protocol = protocol
-        fold.sizes = {"train": tr["n"], "train_subjects": tr["subjects"], "test": te["n"],
-                      "test_subjects": te["subjects"], "test_labelled": te["labelled"],
-                      "train_members": tr["members"], "test_members": te["members"]}
-        if not tr["n"] or not te["n"]:
+        fold.sizes = {"test_labelled": sides["test"]["labelled"]}
+        for side, got in sides.items():
+            fold.sizes.update({side: got["n"], f"{side}_subjects": got["subjects"],
+                               f"{side}_members": got["members"]})
+        empty = [side for side, got in sides.items() if not got["n"]]
+        if empty:
             raise BenchmarkError(
-                f"{protocol}: {fold.name} has an empty {'train' if not tr['n'] else 'test'} side"
-                + (" - use fewer folds or add subjects" if protocol == "kfold" else ""))
+                f"{protocol}: {fold.name} has an empty {empty[0]} side"
+                + (" - use fewer folds or add subjects" if protocol in KFOLD_PROTOCOLS else ""))
+        if "val" in sides and not sides["val"]["labelled"]:
+            raise BenchmarkError(f"{protocol}: {fold.name}'s validation group "
+                                 f"{fold.validation_group} has no emotion-labelled example")
     if not any(f.sizes["test_labelled"] for f in folds):
         raise BenchmarkError(f"{protocol}: no fold has an emotion-labelled test example")
     return folds
@@ -479,6 +518,7 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
     cfg = method.config(preset, **overrides)
     cfg["datasets"] = list(data.datasets)
     train_examples, test_examples = fold.train(data), fold.test(data)
+    val_examples = fold.validation(data)
     plan_path = os.path.join(run_dir, "plan.json")
     if os.path.exists(plan_path):
         with open(plan_path) as f:
@@ -502,9 +542,10 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
         budget = training.TimeBudget(max(minutes * 60.0 * 1.25 - clock.before, 1.0),
                                      int(cfg.get("batch_size", 32)))
         callbacks.append(budget)
-    fitted = training.fit(method, cfg, train_examples, plan=training.Plan(
+    fitted = training.fit(method, cfg, train_examples, val_examples, plan=training.Plan(
         epochs=plan["epochs"], seed=seed, backup_dir=os.path.join(run_dir, "checkpoints"),
-        callbacks=callbacks, verbose=2))
+        callbacks=callbacks, verbose=2,
+        select_best=None if val_examples is None else os.path.join(run_dir, "selection")))
     model = fitted.model
     train_s = clock.save() if fitted.history.history else clock.before
     model.save_weights(os.path.join(run_dir, "final.weights.h5"))
@@ -515,7 +556,7 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
     arrays = collect_predictions(method, model, cfg, test_examples)
     np.savez_compressed(os.path.join(run_dir, "predictions.npz"), **arrays)
     row: Dict[str, Any] = {
-        "method": method_name, "preset": preset, "fold": fold.name,
+        "method": method_name, "preset": preset, "protocol": fold.protocol, "fold": fold.name,
         "overrides": dict(overrides), "image_size": int(cfg["image_size"]),
         "params": int(model.count_params()), "epochs": plan["epochs"],
         "stopped_by_budget": bool(budget is not None and model.stop_training),
@@ -530,6 +571,15 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
     if fold.classes:
         row["cross_classes"] = dict(fold.classes)
         row.update(shared_class_scores(arrays, fold.classes["scored"]))
+    if fitted.selection is not None:
+        sel = fitted.selection
+        row.update(validation_group=fold.validation_group, validation_images=fold.sizes["val"],
+                   selected_epoch=sel["epoch"], validation_accuracy=sel["accuracy"],
+                   validation_scores=[round(sel["scores"][e], 4)
+                                      for e in sorted(sel["scores"], key=int)])
+        log.info("%s/%s: epoch %s of %d selected on validation group %d (accuracy %s)",
+                 method_name, fold.name, sel["epoch"], len(sel["scores"]),
+                 fold.validation_group, sel["accuracy"])
     if figures_on:
         row["figures"] = run_figures.draw(method_name, method, model, cfg, fold.name, arrays,
                                           run_dir)

@@ -6,8 +6,10 @@ committed results folder (``docs/results/...``).
 ``OUT/runs``) has the same two fingerprints, and reruns it when either differs:
 
 * ``settings_fingerprint``: method, preset, overrides, epochs / minutes, seed,
-  protocol, fold name and membership (train/test images, subjects, a digest of
-  their subject ids and labels), the data spec (source paths relative to the
+  protocol (a ``kfold`` result is never reused for ``kfold_val``: same fold
+  names, other protocol and train members), fold name and membership
+  (train/validation/test images, subjects, a digest of their subject ids and
+  labels), the data spec (source paths relative to the
   repository, so every checkout agrees) and the input size;
 * ``code_fingerprint``: the method's own source — its module, or every ``.py``
   file of its package (``models/fersnet/``) — as named in ``models.registry``,
@@ -47,7 +49,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 #: What a run leaves in its ``OUT/runs/<method>/<fold>`` folder; removed when
 #: the folder holds a run of other settings or code, so it is not resumed.
 RUN_STATE = ("result.json", "plan.json", "clock.json", "config.json", "final.weights.h5",
-             "predictions.npz", FINGERPRINT_FILE, "checkpoints")
+             "predictions.npz", FINGERPRINT_FILE, "checkpoints", "selection")
 #: The figures copied to the committed folder.
 COMMITTED_FIGURES = ("confusion",)
 

@@ -12,7 +12,10 @@ The TFX Trainer (``models/trainer_module.py``), ``fermtl benchmark``
   logical CPUs with ``FERMTL_CPU_REPLICAS``);
 * callbacks: the method's own, Keras ``BackupAndRestore`` (resume an
   interrupted fit, optimizer state and learning-rate schedule included),
-  ``TensorBoard``, any extra ones;
+  ``TensorBoard``, any extra ones; with ``Plan.select_best``,
+  :class:`SelectBest` (Keras ``ModelCheckpoint(save_best_only=True)`` on the
+  validation accuracy of every epoch): the fit returns the weights of the
+  best validation epoch, not of the last one;
 * the final metric: :func:`evaluate` -> ``models.metrics.emotion_metrics``
   (the accuracy the Evaluator's TFMA reports too) and ``au_metrics``.
 
@@ -39,6 +42,11 @@ CPU_REPLICAS_ENV = "FERMTL_CPU_REPLICAS"
 #: BackupAndRestore's files inside a backup directory.
 BACKUP_WEIGHTS = "latest.weights.h5"
 BACKUP_STATE = "training_metadata.json"
+#: The log key :class:`SelectBest` adds to every epoch: :func:`evaluate`'s
+#: accuracy on the validation examples.
+SELECTION_METRIC = "val_score_accuracy"
+#: :class:`SelectBest`'s record inside its directory.
+SELECTION_FILE = "selection.json"
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -97,6 +105,59 @@ class TimeBudget(keras.callbacks.Callback):
         return (self.steps - 1) * self.batch_size / max(self.last_done - self.first_done, 1e-9)
 
 
+class SelectBest(keras.callbacks.ModelCheckpoint):
+    """Epoch selection on validation examples with Keras' own
+    ``ModelCheckpoint(save_best_only=True)``: after every epoch ``score(model)``
+    (:func:`evaluate`'s accuracy on the validation examples) is logged as
+    :data:`SELECTION_METRIC` (so ``History``, TensorBoard and the progress bar
+    see it), and the weights of an epoch that beats every earlier one go to
+    ``directory/best-<epoch>.weights.h5``; ties keep the earlier epoch.
+
+    ``directory/selection.json`` (:data:`SELECTION_FILE`, written after the
+    weights) records every epoch's score and the selected epoch (1-based) and
+    names its weights, so a fit resumed by ``BackupAndRestore`` keeps the best
+    of the epochs before the interruption (``initial_value_threshold``) and
+    :func:`fit` loads the recorded weights at the end."""
+
+    def __init__(self, directory: str, score):
+        self.directory = directory
+        self.score = score
+        self.record = read_selection(directory) or {"scores": {}, "epoch": None,
+                                                    "accuracy": None, "weights": None}
+        super().__init__(os.path.join(directory, "best-{epoch:04d}.weights.h5"),
+                         monitor=SELECTION_METRIC, mode="max", save_best_only=True,
+                         save_weights_only=True,
+                         initial_value_threshold=self.record["accuracy"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs[SELECTION_METRIC] = float(self.score(self.model))
+        before = self.best
+        super().on_epoch_end(epoch, logs)
+        self.record["scores"][str(epoch + 1)] = logs[SELECTION_METRIC]
+        if self.best != before:
+            self.record.update(epoch=epoch + 1, accuracy=float(self.best),
+                               weights=os.path.basename(self.filepath.format(epoch=epoch + 1)))
+        tmp = os.path.join(self.directory, SELECTION_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.record, f, indent=2)
+        os.replace(tmp, os.path.join(self.directory, SELECTION_FILE))
+        for name in os.listdir(self.directory):            # earlier bests, interrupted saves
+            if name.startswith("best-") and name != self.record["weights"]:
+                os.remove(os.path.join(self.directory, name))
+
+
+def read_selection(directory: Optional[str]) -> Optional[Dict[str, Any]]:
+    """:class:`SelectBest`'s record in ``directory`` (``None`` when none):
+    ``scores`` (epoch -> validation accuracy), ``epoch`` (the selected one,
+    1-based), ``accuracy`` (its score) and ``weights`` (its file)."""
+    path = os.path.join(directory or "", SELECTION_FILE)
+    if not directory or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def restore(model: keras.Model, weights_path: str) -> None:
     """Load a ``.weights.h5`` into ``model``, optimizer state included (Keras 3
     files hold the optimizer's variables; they load only into a built
@@ -128,7 +189,9 @@ class Plan:
     fit so that a later call with more epochs continues), ``log_dir``
     (TensorBoard), ``validation_freq``, ``post_fit`` (run the method's
     ``post_fit`` hook, e.g. FERSNet's FES fine-tuning), ``verbose``,
-    ``callbacks`` (added to the method's own)."""
+    ``callbacks`` (added to the method's own), ``select_best`` (a directory:
+    score the eval examples after every epoch and return the weights of the
+    best one, :class:`SelectBest`; needs eval examples)."""
 
     epochs: int = 10
     batch_size: Optional[int] = None
@@ -141,6 +204,7 @@ class Plan:
     post_fit: bool = True
     verbose: Union[int, str] = 0
     callbacks: Sequence[keras.callbacks.Callback] = ()
+    select_best: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -152,6 +216,8 @@ class Fitted:
     steps_per_epoch: int
     num_train: int
     post_fit_history: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+    #: With ``Plan.select_best``: :func:`read_selection`'s record of the fit.
+    selection: Optional[Dict[str, Any]] = None
 
 
 def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data.Dataset,
@@ -160,7 +226,9 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
 
     ``train_examples`` / ``eval_examples``: sources of single model-input
     examples (``models.inputs``). Sets ``cfg["schedule_steps"]`` (the planned
-    optimizer steps, for learning-rate schedules) before building.
+    optimizer steps, for learning-rate schedules) before building. With
+    ``plan.select_best`` the model returned (and given to ``post_fit``) has
+    the weights of the epoch with the best accuracy on ``eval_examples``.
     """
     method = registry.get_method(method) if isinstance(method, str) else method
     plan = plan or Plan()
@@ -188,6 +256,13 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
         model = method.build(cfg)
 
     cbs: List[keras.callbacks.Callback] = list(method.callbacks(cfg, steps))
+    if plan.select_best:      # before the backup: an epoch it records has been scored
+        if eval_examples is None:
+            raise ValueError("Plan.select_best needs eval_examples to select on")
+        os.makedirs(plan.select_best, exist_ok=True)
+        held_out = eval_examples.cache()
+        cbs.append(SelectBest(plan.select_best, lambda m: evaluate(
+            method, m, cfg, held_out, batch_size)["accuracy"]))
     if plan.backup_dir:
         cbs.append(keras.callbacks.BackupAndRestore(plan.backup_dir, delete_checkpoint=False))
     if plan.log_dir:
@@ -198,6 +273,10 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
                         validation_data=eval_ds, validation_freq=plan.validation_freq,
                         callbacks=cbs, verbose=plan.verbose)
     fitted = Fitted(method, model, cfg, history, steps, n_train)
+    if plan.select_best:
+        fitted.selection = read_selection(plan.select_best)
+        if fitted.selection and fitted.selection["weights"]:
+            restore(model, os.path.join(plan.select_best, fitted.selection["weights"]))
     if plan.post_fit and history.history and hasattr(method, "post_fit"):
         post = method.post_fit(model, cfg, train_data=inputs.batches(train_examples, batch_size,
                                                                      cache=False))

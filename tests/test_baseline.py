@@ -179,3 +179,54 @@ def test_checkpoint_resume_continues(trained, split, tmp_path):
     np.testing.assert_array_equal(
         np.asarray(method.inference_model(again, cfg)(x)["probabilities"]),
         np.asarray(method.inference_model(resumed, cfg)(x)["probabilities"]))
+
+def test_select_best_returns_the_best_validation_epoch_across_a_resume(tmp_path):
+    """``Plan.select_best`` (the ``kfold_val`` protocol's epoch selection): the
+    fit returns the weights of the epoch with the best validation accuracy, not
+    the last one, also when the fit was resumed after that epoch. The logits
+    bias is forced so that epoch 1 predicts the validation class (accuracy 1)
+    and epoch 3 another one (accuracy 0)."""
+    emotions = ("happiness", "surprise")
+    train, test = synthetic_split(n_train=4, n_test=2, size=SIZE, emotions=emotions)
+    val = [s for s in test if s.emotion == contract.EMOTIONS.index("surprise")]
+    forced = {0: contract.EMOTIONS.index("surprise"), 2: contract.EMOTIONS.index("happiness")}
+    weights_at = {}
+
+    class Force(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch in forced:
+                bias = np.zeros(contract.NUM_EMOTIONS, np.float32)
+                bias[forced[self.epoch]] = 100.0
+                self.model.net.get_layer("logits").bias.assign(bias)
+
+        def on_epoch_end(self, epoch, logs=None):
+            weights_at[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+
+    method = baseline.BaselineCNN()
+
+    def fit(epochs):
+        cfg = dict(method.config("small"), datasets=["synth_lab"])
+        plan = training.Plan(epochs=epochs, batch_size=8, seed=0, callbacks=[Force()],
+                             backup_dir=str(tmp_path / "backup"),
+                             select_best=str(tmp_path / "selection"))
+        return training.fit(method, cfg, training.examples_of(train, cfg),
+                            training.examples_of(val, cfg), plan)
+
+    fit(2)                                                   # stopped after epoch 2
+    fitted = fit(3)                                          # resumed: epoch 3 only
+    scores = fitted.history.history[training.SELECTION_METRIC]
+    assert len(scores) == 1 and scores[0] == 0.0             # the last epoch: worst
+    sel = fitted.selection
+    assert sel["scores"]["1"] == 1.0 and sel["epoch"] == 1 and sel["accuracy"] == 1.0
+    assert sorted(sel["scores"]) == ["1", "2", "3"]
+    assert set(os.listdir(tmp_path / "selection")) == {training.SELECTION_FILE, sel["weights"]}
+    for got, want in zip(fitted.model.get_weights(), weights_at[1]):
+        np.testing.assert_array_equal(got, want)             # epoch 1's weights, not 3's
+    assert training.evaluate(method, fitted.model, fitted.cfg,
+                             training.examples_of(val, fitted.cfg))["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="needs eval_examples"):
+        training.fit(method, dict(fitted.cfg), training.examples_of(train, fitted.cfg),
+                     plan=training.Plan(epochs=1, select_best=str(tmp_path / "s2")))

@@ -51,6 +51,63 @@ def test_kfold_is_subject_disjoint_and_tests_every_example_once(prepared):
         assert f.sizes["test_subjects"] == 3                         # 12 subjects / 4 folds
 
 
+def test_kfold_val_tests_validates_and_trains_on_disjoint_groups(prepared):
+    """DDMTL's protocol: fold i tests group i, validates on group (i + 1) % k and
+    trains on the other k - 2; every group is tested once and validated once."""
+    folds = B.make_folds(prepared, "kfold_val", k=4)
+    assert [f.name for f in folds] == ["fold0", "fold1", "fold2", "fold3"]
+    assert [f.validation_group for f in folds] == [1, 2, 3, 0]
+    everything = _column(prepared.examples(), "subject_id")
+    tested, validated = [], []
+    for i, f in enumerate(folds):
+        sides = {"train": f.train(prepared), "val": f.validation(prepared),
+                 "test": f.test(prepared)}
+        groups = {k: set(_column(d, "fold")) for k, d in sides.items()}
+        assert groups == {"train": {0, 1, 2, 3} - {i, (i + 1) % 4}, "val": {(i + 1) % 4},
+                          "test": {i}}
+        subjects = {k: _column(d, "subject_id") for k, d in sides.items()}
+        assert not set(subjects["train"]) & set(subjects["val"])
+        assert not set(subjects["train"]) & set(subjects["test"])
+        assert not set(subjects["val"]) & set(subjects["test"])
+        assert sum(len(v) for v in subjects.values()) == len(everything)
+        assert all(f.sizes[k] == len(subjects[k]) for k in sides)
+        assert f.protocol == "kfold_val" and "validation" in f.describe()
+        tested += list(subjects["test"])
+        validated += list(subjects["val"])
+    assert sorted(tested) == sorted(validated) == sorted(everything)   # each exactly once
+    kfold0 = B.make_folds(prepared, "kfold", k=4)[0]
+    assert kfold0.validation(prepared) is None and "validation" not in kfold0.describe()
+    with pytest.raises(tables.BenchmarkError, match="k >= 3"):
+        B.make_folds(prepared, "kfold_val", k=2)
+
+
+def test_kfold_val_run_records_and_keeps_the_selected_epoch(prepared, tmp_path):
+    """One real kfold_val fold: result.json names the protocol, the validation group
+    and the epoch the validation group selected (the best of its scores), the saved
+    weights are that epoch's, and a kfold result of the same fold is not reused."""
+    from benchmarks import resume
+    from models import training
+
+    fold = B.make_folds(prepared, "kfold_val", k=4)[2]
+    run_dir, committed = tmp_path / "run", tmp_path / "committed"
+    row = B.run_one("baseline", fold, prepared, str(run_dir), epochs=3, figures_on=False,
+                    overrides={"image_size": 32}, results_dir=str(committed))
+    saved = json.loads((committed / "baseline" / "fold2" / "result.json").read_text())
+    assert saved["protocol"] == saved["settings"]["protocol"] == "kfold_val"
+    assert saved["validation_group"] == 3 and saved["validation_images"] == fold.sizes["val"]
+    scores = saved["validation_scores"]
+    assert len(scores) == 3 and saved["selected_epoch"] == int(np.argmax(scores)) + 1
+    assert abs(saved["validation_accuracy"] - max(scores)) < 1e-4
+    method, model, cfg = B.load_run_model(str(run_dir))
+    assert training.evaluate(method, model, cfg, fold.validation(prepared))["accuracy"] == (
+        row["validation_accuracy"])                              # the selected weights
+    kfold2 = B.make_folds(prepared, "kfold", k=4)[2]
+    assert resume.fingerprint("baseline", resume.run_settings(
+        "baseline", kfold2, prepared, "small", {"image_size": 32}, 3, None, 0)
+    )["settings_fingerprint"] != (
+        row["settings_fingerprint"])
+
+
 def test_holdout_and_cross_protocols(prepared):
     (hold,) = B.make_folds(prepared, "holdout")
     assert hold.sizes["train"] == prepared.counts["train"]

@@ -1,5 +1,6 @@
 """`fermtl benchmark`: every method under one protocol (holdout, subject-independent
-k-fold, cross-dataset); writes a results table and the seeds' figures.
+k-fold, k-fold with a validation group that selects the epoch, cross-dataset); writes a
+results table and the seeds' figures.
 
     fermtl benchmark --data pipeline/configs/data/fer2013.yaml --methods all \\
         --protocol holdout --settings pipeline/configs/benchmarks/fer2013.yaml --out runs/bench
@@ -44,9 +45,16 @@ def register(sub) -> None:
     p.add_argument("--data", required=True,
                    help="data spec YAML (docs/ingestion.md), or a run config with a data section")
     p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
-    p.add_argument("--protocol", default="holdout", choices=["holdout", "kfold", "cross"])
-    p.add_argument("--k", type=int, default=10, help="kfold: number of folds (default 10)")
-    p.add_argument("--folds", type=int, help="kfold: run only the first N folds")
+    p.add_argument("--protocol", default="holdout",
+                   choices=["holdout", "kfold", "kfold_val", "cross"],
+                   help="holdout: the spec's train -> eval split; kfold: fold i tests group i "
+                        "and trains on the rest; kfold_val: fold i tests group i, selects the "
+                        "epoch with the best accuracy on group (i + 1) %% k and trains on the "
+                        "other k - 2 (DDMTL's CK+ protocol); cross: --train-datasets -> "
+                        "--test-datasets")
+    p.add_argument("--k", type=int, default=10,
+                   help="kfold, kfold_val: number of folds (subject-disjoint groups, default 10)")
+    p.add_argument("--folds", type=int, help="kfold, kfold_val: run only the first N folds")
     p.add_argument("--train-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--test-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--train-split", default="all", choices=["all", "train", "eval"],
