@@ -5,7 +5,10 @@ full method's folds of the same protocol, fold by fold.
     python benchmarks/ablation_table.py --full docs/results/ckplus48_kfold \\
         --variants docs/results/ckplus48_ablations [--out table.md]
 
-Only folds both sides finished are compared; the table says how many.
+Only folds both sides finished are compared; the table says how many. The two
+folders may be one (a settings file with the method and its variants, e.g.
+ckplus48_helen.yaml). Where both sides score landmarks (trace-norm), the paired
+landmark NME is shown too (lower is better).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
     for run, folds in sorted(variants.items()):
         method = next(iter(folds.values()))["method"]
         common = sorted(set(folds) & set(full.get(method, {})))
-        if not common:
+        if not common or run == method:
             continue
         a = np.array([full[method][f]["accuracy"] for f in common])
         b = np.array([folds[f]["accuracy"] for f in common])
@@ -49,19 +52,33 @@ def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
                      "without": float(b.mean()), "without_std": float(b.std()),
                      "delta": float((a - b).mean()), "delta_std": float((a - b).std()),
                      "full_better_folds": int((a > b).sum())})
+        nme = [np.array([side[f].get("landmark_nme") for f in common], dtype=float)
+               for side in (full[method], folds)]
+        if not np.isnan(np.concatenate(nme)).any():
+            rows[-1].update(nme_full=float(nme[0].mean()), nme_without=float(nme[1].mean()),
+                            nme_delta=float((nme[1] - nme[0]).mean()),
+                            nme_delta_std=float((nme[1] - nme[0]).std()))
     return rows
+
+
+def _nme(row: dict) -> str:
+    if "nme_full" not in row:
+        return "—"
+    return (f"{row['nme_full']:.2f} / {row['nme_without']:.2f} % "
+            f"({row['nme_delta']:+.2f} ± {row['nme_delta_std']:.2f})")
 
 
 def markdown(rows: List[dict]) -> str:
     lines = ["| method | without (switch) | folds | full | without | full − without (paired) "
-             "| folds where full wins |", "|---|---|---|---|---|---|---|"]
+             "| folds where full wins | landmark NME full / without (without − full) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         switch = ", ".join(f"{k}: {v}" for k, v in sorted(r["overrides"].items()))
         lines.append(
             f"| {r['method']} | {r['variant']} (`{switch}`) | {r['folds']} "
             f"| {r['full']:.1%} ± {r['full_std']:.1%} | {r['without']:.1%} ± {r['without_std']:.1%} "
             f"| {100 * r['delta']:+.1f} ± {100 * r['delta_std']:.1f} points "
-            f"| {r['full_better_folds']}/{r['folds']} |")
+            f"| {r['full_better_folds']}/{r['folds']} | {_nme(r)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,11 @@ Steps (:func:`run_benchmark`):
      selection. ``result.json`` records ``validation_group``,
      ``selected_epoch``, ``validation_accuracy`` and every epoch's
      ``validation_scores``;
+   * ``fold_datasets`` (kfold / kfold_val, :func:`fold_only`): only these
+     datasets are folded; the others train in every fold (their ``train``
+     split) and their ``eval`` split is scored beside every fold
+     (``side_scores``; SJMT's AU figure on those faces, which have no AU
+     labels), e.g. CK+ folds beside FER2013;
    * ``cross``: train on the datasets ``train_datasets``, test on
      ``test_datasets`` (:func:`cross_classes`). ``train_split`` /
      ``test_split`` (``all``, the default: both splits; ``train``; ``eval``)
@@ -69,7 +74,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -99,6 +104,10 @@ PROTOCOLS = ("holdout", "kfold", "kfold_val", "cross")
 KFOLD_PROTOCOLS = ("kfold", "kfold_val")
 #: ``train_split`` / ``test_split`` of a cross fold: ``all`` = both splits.
 CROSS_SPLITS = ("all", "train", "eval")
+#: ``training.evaluate`` keys a result row keeps when present: SJMT's AU scores
+#: (per AU and their means), trace-norm's landmark NME.
+ROW_METRICS = ("au_mean_f1", "au_mean_accuracy", "au_accuracy", "au_f1", "landmark_nme",
+               "landmark_nme_pupils", "num_landmark_examples")
 #: Features kept per run for the t-SNE plot.
 MAX_FEATURES = 2000
 
@@ -127,10 +136,15 @@ class PreparedData:
 def benchmark_spec(spec: DataSpec, protocol: str, k: int) -> DataSpec:
     """The spec the benchmark ingests: with ``kfold`` / ``kfold_val``,
     ``split.kfold`` = ``{k}`` (every example gets its fold; the train/eval
-    split is left as it is)."""
+    split is left as it is). ``cross`` reads both splits of a folded dataset,
+    so it drops the spec's eval fold too (``{k}`` of the spec's k): a cross and
+    a k-fold benchmark of the same k on one spec share one ingestion (FER2013 +
+    CK+: 36k faces)."""
     raw = json.loads(spec.to_json())
     if protocol in KFOLD_PROTOCOLS:
         raw["split"]["kfold"] = {"k": int(k)}
+    elif protocol == "cross" and raw["split"].get("kfold"):
+        raw["split"]["kfold"] = {"k": int(raw["split"]["kfold"]["k"])}
     return DataSpec.from_dict(raw)
 
 
@@ -174,9 +188,20 @@ class Fold:
     classes: Dict[str, Any] = dataclasses.field(default_factory=dict)
     val_keep: Optional[Callable] = None
     validation_group: Optional[int] = None
+    #: (splits, keep) of examples that train in every fold besides the folded ones
+    train_also: Optional[Tuple[Sequence[str], Callable]] = None
+    #: name -> (splits, keep): scored in every fold beside the test side
+    side_tests: Dict[str, Tuple[Sequence[str], Callable]] = dataclasses.field(
+        default_factory=dict)
 
     def train(self, data: PreparedData) -> tf.data.Dataset:
-        return data.examples(self.train_splits, self.train_keep)
+        examples = data.examples(self.train_splits, self.train_keep)
+        if self.train_also is not None:
+            examples = examples.concatenate(data.examples(*self.train_also))
+        return examples
+
+    def side(self, data: PreparedData, name: str) -> tf.data.Dataset:
+        return data.examples(*self.side_tests[name])
 
     def test(self, data: PreparedData) -> tf.data.Dataset:
         return data.examples(self.test_splits, self.test_keep)
@@ -277,8 +302,11 @@ def _scored_only(keep: Callable, scored: Sequence[str]) -> Callable:
 def make_folds(data: PreparedData, protocol: str, k: int = 10,
                train_datasets: Sequence[str] = (),
                test_datasets: Sequence[str] = (), train_split: str = "all",
-               test_split: str = "all") -> List[Fold]:
+               test_split: str = "all", fold_datasets: Sequence[str] = ()) -> List[Fold]:
     """The folds of ``protocol`` on prepared data (see the module docstring).
+
+    ``fold_datasets`` (kfold / kfold_val): only these datasets are folded
+    (:func:`fold_only`); the others train in every fold and are scored beside.
 
     Raises :class:`BenchmarkError` when a fold would be empty or a named
     dataset is absent.
@@ -306,6 +334,12 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
                       val_keep=(lambda e, v=v: tf.equal(e["fold"], v)), validation_group=v)
                  for i, v in ((i, (i + 1) % int(k)) for i in range(int(k)))]
     else:
+        folds = []
+    if fold_datasets:
+        if protocol not in KFOLD_PROTOCOLS:
+            raise BenchmarkError(f"{protocol}: fold_datasets is for {KFOLD_PROTOCOLS} only")
+        fold_only(data, folds, fold_datasets)
+    if protocol == "cross":
         present = data.datasets
         if not train_datasets or not test_datasets:
             raise BenchmarkError("cross needs train_datasets and test_datasets "
@@ -322,6 +356,8 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
         sides = {"train": _sizes(fold.train(data)), "test": _sizes(fold.test(data))}
         if fold.val_keep is not None:
             sides["val"] = _sizes(fold.validation(data))
+        for name in fold.side_tests:
+            sides[f"side:{name}"] = _sizes(fold.side(data, name))
         fold.protocol = protocol
         fold.sizes = {"test_labelled": sides["test"]["labelled"]}
         for side, got in sides.items():
@@ -338,6 +374,33 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
     if not any(f.sizes["test_labelled"] for f in folds):
         raise BenchmarkError(f"{protocol}: no fold has an emotion-labelled test example")
     return folds
+
+
+def fold_only(data: PreparedData, folds: Sequence[Fold], fold_datasets: Sequence[str]) -> None:
+    """Restrict k folds to ``fold_datasets`` (e.g. CK+ beside FER2013): fold
+    ``i`` tests (and validates on) only their examples of group ``i``; every
+    other dataset trains in every fold from its ``train`` split and its
+    ``eval`` split is a side test, scored in every fold (``<dataset>.eval``,
+    ``result.json``'s ``side_scores``). Edits ``folds`` in place."""
+    missing = sorted(set(fold_datasets) - set(data.datasets))
+    if missing:
+        raise BenchmarkError(f"fold_datasets {missing} are not in the data "
+                             f"{sorted(data.datasets)}")
+    folded = _is_in("dataset_id", [data.datasets.index(d) for d in fold_datasets])
+    others = [d for d in data.datasets if d not in fold_datasets]
+
+    def within(keep):
+        return lambda e: tf.logical_and(folded(e), keep(e))
+
+    for fold in folds:
+        fold.train_keep, fold.test_keep = within(fold.train_keep), within(fold.test_keep)
+        if fold.val_keep is not None:
+            fold.val_keep = within(fold.val_keep)
+        if others:
+            fold.train_also = (("train",), lambda e: tf.logical_not(folded(e)))
+            fold.side_tests = {f"{d}.eval": (("eval",), _is_in("dataset_id",
+                                                             [data.datasets.index(d)]))
+                               for d in others}
 
 
 def _cross_fold(data: PreparedData, train_datasets: Sequence[str],
@@ -566,7 +629,7 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
                               else round(float(budget.images_per_second), 1)),
         **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall",
                                    "confusion_matrix", "num_examples")},
-        **{k: metrics[k] for k in ("au_mean_f1", "au_mean_accuracy") if k in metrics},
+        **{k: metrics[k] for k in ROW_METRICS if metrics.get(k) is not None},
     }
     if fold.classes:
         row["cross_classes"] = dict(fold.classes)
@@ -580,9 +643,22 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
         log.info("%s/%s: epoch %s of %d selected on validation group %d (accuracy %s)",
                  method_name, fold.name, sel["epoch"], len(sel["scores"]),
                  fold.validation_group, sel["accuracy"])
+    figures_of = {}
+    for name in fold.side_tests:
+        side_examples = fold.side(data, name)
+        scores = training.evaluate(method, model, cfg, side_examples)
+        row.setdefault("side_scores", {})[name] = {
+            k: scores[k] for k in ("accuracy", "balanced_accuracy", "per_class_recall",
+                                   "num_examples") + ROW_METRICS if scores.get(k) is not None}
+        log.info("%s/%s: side test %s accuracy %.4f", method_name, fold.name, name,
+                 scores["accuracy"])
+        if figures_on and "aus" in arrays:
+            figures_of.update(run_figures.draw_side_aus(
+                method_name, fold.name, name,
+                collect_predictions(method, model, cfg, side_examples), run_dir))
     if figures_on:
-        row["figures"] = run_figures.draw(method_name, method, model, cfg, fold.name, arrays,
-                                          run_dir)
+        row["figures"] = dict(run_figures.draw(method_name, method, model, cfg, fold.name,
+                                               arrays, run_dir), **figures_of)
     return row
 
 
@@ -647,6 +723,7 @@ def redo_run_figures(row: Dict[str, Any], fold: Fold, data: PreparedData,
 def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", k: int = 10,
                   train_datasets: Sequence[str] = (), test_datasets: Sequence[str] = (),
                   train_split: str = "all", test_split: str = "all",
+                  fold_datasets: Sequence[str] = (),
                   method_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
                   preset: str = "small", epochs: Optional[int] = None,
                   minutes: Optional[float] = None, seed: int = 0, folds_limit: Optional[int] = None,
@@ -662,7 +739,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     trains; ``methods`` may name it).
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
     ``train_split`` / ``test_split``: cross only, ``all`` / ``train`` / ``eval``
-    (:func:`make_folds`).
+    (:func:`make_folds`). ``fold_datasets``: kfold / kfold_val only, the
+    datasets folded (:func:`fold_only`).
     ``results_dir``: the committed results folder (e.g. ``docs/results/...``):
     every fold's ``result.json``, ``predictions.csv`` and confusion matrix go
     to ``results_dir/<method>/<fold>/`` as it finishes, the table of every
@@ -685,7 +763,8 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
         log.info("data: %d source(s) at %d px", len(spec.sources), size)
         prepared[size] = prepare_data(spec, os.path.join(out_dir, "data"), size, beam_args)
         folds_of[size] = make_folds(prepared[size], protocol, k, train_datasets, test_datasets,
-                                    train_split=train_split, test_split=test_split)
+                                    train_split=train_split, test_split=test_split,
+                                    fold_datasets=fold_datasets)
         if folds_limit:
             folds_of[size] = folds_of[size][:int(folds_limit)]
     first = folds_of[min(folds_of)]

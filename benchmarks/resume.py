@@ -52,6 +52,8 @@ RUN_STATE = ("result.json", "plan.json", "clock.json", "config.json", "final.wei
              "predictions.npz", FINGERPRINT_FILE, "checkpoints", "selection")
 #: The figures copied to the committed folder.
 COMMITTED_FIGURES = ("confusion",)
+#: ... and side tests' AU figures (``au_per_emotion:<side>``, SJMT on FER2013 faces).
+COMMITTED_FIGURE_PREFIXES = ("au_per_emotion:",)
 
 
 # --------------------------------------------------------------------------- #
@@ -264,8 +266,9 @@ def publish(row: Mapping[str, Any], run_dir: str, committed_dir: str,
     arrays = np.load(os.path.join(run_dir, "predictions.npz"))
     write_predictions_csv(arrays, os.path.join(committed_dir, "predictions.csv"), datasets)
     figs = {}
-    for name in COMMITTED_FIGURES:
-        src = (row.get("figures") or {}).get(name)
+    for name in [n for n in (row.get("figures") or {})
+                 if n in COMMITTED_FIGURES or n.startswith(COMMITTED_FIGURE_PREFIXES)]:
+        src = row["figures"][name]
         if src and os.path.exists(src):
             dst = os.path.join(committed_dir, os.path.basename(src))
             if os.path.abspath(src) != os.path.abspath(dst):

@@ -49,3 +49,20 @@ def draw(method_name: str, method, model, cfg, fold_name: str, arrays: Mapping,
                 os.path.join(run_dir, "synthesis_grid.png"),
                 title=f"{title}: synthesized expressions", emotions=figures.present_emotions(y))
     return out
+
+
+def draw_side_aus(method_name: str, fold_name: str, side_name: str, arrays: Mapping,
+                  run_dir: str) -> Dict[str, str]:
+    """The AU-per-emotion figure of a side test (``Fold.side_tests``), e.g. SJMT's
+    AU scores on FER2013 faces, which carry no AU labels (SJMT Fig 2); rows are
+    the faces' labelled emotions. Key ``au_per_emotion:<side>``."""
+    key = f"au_per_emotion:{side_name}"
+    path = os.path.join(run_dir, f"au_per_emotion_{side_name.replace('.', '_')}.png")
+    try:
+        return {key: figures.au_per_emotion_plot(
+            arrays["aus"], arrays["emotion"], path,
+            title=f"{method_name} ({fold_name}): mean AU score per emotion, {side_name}")}
+    except Exception as exc:  # the numbers are saved already
+        log.warning("%s/%s: figure %s failed: %s: %s", method_name, fold_name, key,
+                    type(exc).__name__, exc)
+        return {}

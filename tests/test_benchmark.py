@@ -189,6 +189,16 @@ def test_write_table_mean_std_per_class_and_csv(tmp_path):
     assert float(table[0]["accuracy_std"]) == pytest.approx(0.1)
     assert float(table[0]["recall_happiness"]) == pytest.approx(0.9)
     assert float(table[0]["train_minutes"]) == pytest.approx(2.0)
+    assert table[0]["landmark_nme"] == ""            # no landmark task: no NME
+
+
+def test_write_table_landmark_nme_is_the_mean_over_folds(tmp_path):
+    rows = [dict(_row("tracenorm", "fold0", 0.6, 0.8), landmark_nme=10.0),
+            dict(_row("tracenorm", "fold1", 0.8, 1.0), landmark_nme=14.0)]
+    paths = tables.write_table(rows, str(tmp_path))
+    assert "| 12.00 % |" in open(paths["markdown"]).read()
+    with open(paths["csv"]) as f:
+        assert float(next(csv.DictReader(f))["landmark_nme"]) == pytest.approx(12.0)
 
 
 def _png_ok(path):
@@ -539,6 +549,29 @@ def test_ablation_table_pairs_a_variant_with_its_method_fold_by_fold(tmp_path):
     assert abs(row["delta"] - 0.1) < 1e-9 and abs(row["delta_std"] - 0.2) < 1e-9
     text = ablation_table.markdown([row])
     assert "| ddmtl | ddmtl-no_rw (`weights_from: none`) | 2 |" in text and "+10.0 ± 20.0" in text
+    assert text.rstrip().endswith("| 1/2 | — |")                     # no landmarks: no NME
+
+
+def test_ablation_table_one_folder_and_paired_landmark_nme(tmp_path):
+    from benchmarks import ablation_table
+
+    def put(run, fold, acc, nme, overrides):
+        d = tmp_path / "one" / run / fold
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(
+            {"method": "tracenorm", "accuracy": acc, "landmark_nme": nme,
+             "settings": {"overrides": overrides}}))
+
+    for fold, nme_full, nme_without in (("fold0", 10.0, 13.0), ("fold1", 12.0, 13.0)):
+        put("tracenorm", fold, 0.8, nme_full, {})
+        put("tracenorm-no_ada", fold, 0.7, nme_without, {"ada": False})
+    folder = str(tmp_path / "one")
+    (row,) = ablation_table.paired_rows(folder, folder)     # the method is not its own variant
+    assert row["variant"] == "tracenorm-no_ada"
+    # NME without - full: 3 and 1 -> mean 2, population std 1 (lower NME is better)
+    assert abs(row["nme_full"] - 11.0) < 1e-9 and abs(row["nme_without"] - 13.0) < 1e-9
+    assert abs(row["nme_delta"] - 2.0) < 1e-9 and abs(row["nme_delta_std"] - 1.0) < 1e-9
+    assert "| 11.00 / 13.00 % (+2.00 ± 1.00) |" in ablation_table.markdown([row])
 
 
 def test_code_digest_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch):
@@ -565,3 +598,25 @@ def test_code_digest_ignores_docstrings_and_comments_not_code(tmp_path, monkeypa
     method_file.write_bytes(same)
     assert "method code changed" in resume.difference(old, resume.fingerprint(
         "baseline", {"method": "baseline"}))
+
+
+def test_mean_shape_nme_predicts_the_train_mean_for_every_test_face():
+    import tensorflow as tf
+
+    from benchmarks.mean_shape_nme import mean_shape_nme
+
+    rng = np.random.default_rng(0)
+
+    def faces(n, labelled):
+        pts = rng.random((n, 68, 2)).astype(np.float32)
+        pts[:, 36], pts[:, 45] = [0.2, 0.4], [0.8, 0.4]          # eye corners 0.6 apart
+        return pts, np.asarray(labelled, np.float32)
+
+    (tr, tr_m), (te, te_m) = faces(4, [1, 1, 0, 1]), faces(3, [1, 0, 1])
+    ds = lambda p, m: tf.data.Dataset.from_tensor_slices(
+        {"landmarks": p.reshape(len(p), -1), "landmarks_mask": m})
+    mean = tr[tr_m > 0].mean(0)                 # the unlabelled train face is not averaged
+    # NME per labelled test face: mean over the 68 points of ||mean - true|| / 0.6, in %
+    want = np.mean([np.linalg.norm(mean - te[i], axis=-1).mean() / 0.6 * 100 for i in (0, 2)])
+    assert mean_shape_nme(ds(tr, tr_m), ds(te, te_m)) == pytest.approx(want, rel=1e-5)
+    assert mean_shape_nme(ds(tr, tr_m * 0), ds(te, te_m)) is None

@@ -22,6 +22,10 @@ to one split of the spec (FER2013 -> CK+48: ``--train-split train``; CK+48 ->
 FER2013 PublicTest: ``--test-split eval``). Test examples of a class the train
 datasets never label are left out and counted (benchmarks/protocols.py).
 
+Mixed datasets, one folded: ``--protocol kfold --fold-datasets ckplus48`` on a spec
+with FER2013 and CK+ tests CK+ fold i, trains on the other CK+ folds plus FER2013
+Training in every fold, and scores FER2013 PublicTest beside (``side_scores``).
+
 Each finished fold's ``result.json``, ``predictions.csv`` and confusion matrix go
 to ``RESULTS/<method>/<fold>/`` (commit them). Rerunning the same command skips
 every fold whose result there (or in ``--out``) was made with the same settings
@@ -55,6 +59,10 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=10,
                    help="kfold, kfold_val: number of folds (subject-disjoint groups, default 10)")
     p.add_argument("--folds", type=int, help="kfold, kfold_val: run only the first N folds")
+    p.add_argument("--fold-datasets", default="",
+                   help="kfold, kfold_val: fold only these datasets (comma-separated); the "
+                        "others train in every fold from their train split, and their eval "
+                        "split is scored beside the test fold (e.g. CK+ folds beside FER2013)")
     p.add_argument("--train-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--test-datasets", default="", help="cross: comma-separated dataset names")
     p.add_argument("--train-split", default="all", choices=["all", "train", "eval"],
@@ -137,7 +145,7 @@ def _benchmark(args) -> int:
             data_spec_of(args.data), os.path.abspath(args.out), methods=args.methods,
             protocol=args.protocol, k=args.k, train_datasets=_names(args.train_datasets),
             test_datasets=_names(args.test_datasets), train_split=args.train_split,
-            test_split=args.test_split,
+            test_split=args.test_split, fold_datasets=_names(args.fold_datasets),
             method_settings=methods_settings, preset=args.preset,
             epochs=args.epochs, minutes=args.minutes, seed=args.seed, folds_limit=args.folds,
             figures_on=not args.no_figures, seed_reported=settings.get("seed_reported") or {},
