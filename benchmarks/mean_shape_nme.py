@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from benchmarks import protocols as B
+from benchmarks import folds as B
 from components.ingestion import DataSpec
 from models import metrics
 
