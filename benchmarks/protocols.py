@@ -380,14 +380,14 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
         for n in names}
     prepared: Dict[int, PreparedData] = {}
     folds_of: Dict[int, List[Fold]] = {}
+    every_fold: Dict[int, List[Fold]] = {}    # folds_of before --folds
     for size in sorted(set(sizes.values())):
         log.info("data: %d source(s) at %d px", len(spec.sources), size)
         prepared[size] = prepare_data(spec, os.path.join(out_dir, "data"), size, beam_args)
-        folds_of[size] = make_folds(prepared[size], protocol, k, train_datasets, test_datasets,
-                                    train_split=train_split, test_split=test_split,
-                                    fold_datasets=fold_datasets)
-        if folds_limit:
-            folds_of[size] = folds_of[size][:int(folds_limit)]
+        every_fold[size] = make_folds(prepared[size], protocol, k, train_datasets,
+                                      test_datasets, train_split=train_split,
+                                      test_split=test_split, fold_datasets=fold_datasets)
+        folds_of[size] = every_fold[size][:int(folds_limit)] if folds_limit else every_fold[size]
     first = folds_of[min(folds_of)]
     counts = prepared[min(prepared)].counts
     log.info("%s: %d fold(s): %s", protocol, len(first), "; ".join(f.describe() for f in first))
@@ -406,16 +406,20 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                 seed=seed, figures_on=figures_on, provenance=provenance,
                 redo_figures=redo_figures and figures_on, results_dir=results_dir,
                 run_name=name))
-    notes = [f"Protocol: {protocol} ({'; '.join(f.describe() for f in first)}).",
-             f"Data: {counts.get('total', '?')} faces after ingestion, "
-             f"{counts.get('quarantined', 0)} inputs quarantined."]
+    def notes(folds: Sequence[Fold]) -> List[str]:
+        return [f"Protocol: {protocol} ({'; '.join(f.describe() for f in folds)}).",
+                f"Data: {counts.get('total', '?')} faces after ingestion, "
+                f"{counts.get('quarantined', 0)} inputs quarantined."]
+
     table = write_table(rows, out_dir, title=f"fermtl benchmark — {protocol}",
-                        seed_reported=seed_reported, notes=notes)
+                        seed_reported=seed_reported, notes=notes(first))
     if results_dir:
         # the committed table holds every committed fold, not only this run's
         committed = [r for folds in fold_results(results_dir).values() for r in folds.values()]
+        names_done = {r["fold"] for r in committed}
         write_table(committed, results_dir, title=f"fermtl benchmark — {protocol}",
-                    seed_reported=seed_reported, notes=notes)
+                    seed_reported=seed_reported,
+                    notes=notes([f for f in every_fold[min(every_fold)] if f.name in names_done]))
     extra = {}
     if figures_on:
         extra["accuracy"] = figures.accuracy_bars(summarize(rows),

@@ -89,6 +89,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             "au_mean_accuracy": (float(np.mean([r["au_mean_accuracy"] for r in rs]))
                                  if all("au_mean_accuracy" in r for r in rs) else None),
             # % of the outer-eye-corner distance, on the test side's landmark faces
+            # side tests (``--fold-datasets``): name -> mean accuracy over the folds
+            "side_accuracy": {name: float(np.mean([r["side_scores"][name]["accuracy"]
+                                                   for r in rs if name in r.get("side_scores", {})]))
+                              for name in sorted({n for r in rs for n in r.get("side_scores", {})})},
             "landmark_nme": (float(np.mean([r["landmark_nme"] for r in rs]))
                              if all(r.get("landmark_nme") is not None for r in rs) else None),
             "hardware": rs[0].get("hardware", ""), "commit": rs[0].get("commit", ""),
@@ -111,9 +115,11 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
     summary = summarize(rows)
     classes = [e for e in contract.EMOTIONS if any(e in s["per_class_recall"] for s in summary)]
     seed_reported = dict(seed_reported or {})
+    sides = sorted({n for s in summary for n in s["side_accuracy"]})
     header = (["method", "preset", "input", "params", "folds", "epochs", "accuracy",
                "balanced acc."] + [f"recall {e}" for e in classes]
-              + ["AU acc.", "AU F1", "landmark NME", "train min", "seed reports"])
+              + ["AU acc.", "AU F1", "landmark NME"] + [f"{n} acc." for n in sides]
+              + ["train min", "seed reports"])
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         acc = (f"{s['accuracy_mean']:.1%} ± {s['accuracy_std']:.1%}" if s["folds"] > 1
@@ -122,7 +128,9 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
                  str(s["folds"]), str(s["epochs"]), acc, f"{s['balanced_mean']:.1%}"]
         cells += [_fmt(s["per_class_recall"].get(e), "{:.0%}") for e in classes]
         cells += [_fmt(s["au_mean_accuracy"], "{:.1%}"), _fmt(s["au_mean_f1"], "{:.2f}"),
-                  _fmt(s["landmark_nme"], "{:.2f} %"), f"{s['train_minutes']:.1f}",
+                  _fmt(s["landmark_nme"], "{:.2f} %")]
+        cells += [_fmt(s["side_accuracy"].get(n), "{:.1%}") for n in sides]
+        cells += [f"{s['train_minutes']:.1f}",
                   seed_reported.get(s["method"], "—")]
         lines.append("| " + " | ".join(cells) + " |")
     hw = sorted({s["hardware"] for s in summary if s["hardware"]})
@@ -138,8 +146,8 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
         w.writerow(["method", "preset", "image_size", "params", "folds", "epochs",
                     "accuracy_mean", "accuracy_std", "balanced_accuracy_mean"]
                    + [f"recall_{e}" for e in classes]
-                   + ["au_mean_accuracy", "au_mean_f1", "landmark_nme", "train_minutes",
-                      "hardware", "commit",
+                   + ["au_mean_accuracy", "au_mean_f1", "landmark_nme"]
+                   + [f"accuracy_{n}" for n in sides] + ["train_minutes", "hardware", "commit",
                       "seed_reported"])
         for s in summary:
             w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
@@ -150,8 +158,10 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
                        + ["" if s["au_mean_accuracy"] is None
                           else f"{s['au_mean_accuracy']:.4f}",
                           "" if s["au_mean_f1"] is None else f"{s['au_mean_f1']:.4f}",
-                          "" if s["landmark_nme"] is None else f"{s['landmark_nme']:.4f}",
-                          f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
+                          "" if s["landmark_nme"] is None else f"{s['landmark_nme']:.4f}"]
+                       + [("" if s["side_accuracy"].get(n) is None
+                           else f"{s['side_accuracy'][n]:.4f}") for n in sides]
+                       + [f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
                           seed_reported.get(s["method"], "")])
     return {"markdown": md, "csv": path_csv}
 

@@ -193,12 +193,16 @@ def test_write_table_mean_std_per_class_and_csv(tmp_path):
 
 
 def test_write_table_landmark_nme_is_the_mean_over_folds(tmp_path):
-    rows = [dict(_row("tracenorm", "fold0", 0.6, 0.8), landmark_nme=10.0),
-            dict(_row("tracenorm", "fold1", 0.8, 1.0), landmark_nme=14.0)]
+    side = lambda acc: {"side_scores": {"fer2013.eval": {"accuracy": acc}}}
+    rows = [dict(_row("tracenorm", "fold0", 0.6, 0.8), landmark_nme=10.0, **side(0.5)),
+            dict(_row("tracenorm", "fold1", 0.8, 1.0), landmark_nme=14.0, **side(0.6))]
     paths = tables.write_table(rows, str(tmp_path))
-    assert "| 12.00 % |" in open(paths["markdown"]).read()
+    md = open(paths["markdown"]).read()
+    assert "fer2013.eval acc." in md and "| 12.00 % | 55.0% |" in md   # NME, side test
     with open(paths["csv"]) as f:
-        assert float(next(csv.DictReader(f))["landmark_nme"]) == pytest.approx(12.0)
+        line = next(csv.DictReader(f))
+    assert float(line["landmark_nme"]) == pytest.approx(12.0)
+    assert float(line["accuracy_fer2013.eval"]) == pytest.approx(0.55)
 
 
 def _png_ok(path):

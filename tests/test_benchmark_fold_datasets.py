@@ -103,6 +103,16 @@ def test_benchmark_command_scores_the_side_test_and_draws_its_au_figure(
     assert 0.0 <= side["accuracy"] <= 1.0
     figure = kept["figures"][f"au_per_emotion:{WIDE}.eval"]
     assert (committed / "sjmt" / "fold0" / figure).stat().st_size > 0
+    assert f"{WIDE}.eval acc." in (committed / "results.md").read_text()
+    # a later call with --folds 1 keeps every committed fold in the committed table's
+    # protocol line (it used to be rewritten with that call's folds only)
+    assert cli.main(argv[:argv.index("--folds") + 1] + ["2"] + argv[argv.index("--folds") + 2:]
+                    + ["--no-figures"]) == 0
+    assert cli.main(argv + ["--no-figures"]) == 0
+    protocol = [line for line in (committed / "results.md").read_text().splitlines()
+                if line.startswith("Protocol:")]
+    assert len(protocol) == 1 and "fold0:" in protocol[0] and "fold1:" in protocol[0]
+    assert "fold1:" not in (bench_dir / "results.md").read_text()   # this call's table
 
 
 def test_cross_and_kfold_of_one_spec_share_one_ingestion():
