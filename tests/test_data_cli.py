@@ -89,6 +89,7 @@ def test_inspect_raw_landmark_source_draws_landmarks(fermtl, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "source: " in printed and "(pts_landmarks)" in printed
     assert "wrong_point_count" in printed
+    assert f"log: {out / 'inspect.log'}" in printed and (out / "inspect.log").is_file()
     counts = json.loads((out / "counts.json").read_text())
     assert (counts["n_samples"], counts["with_landmarks"], counts["with_emotion"]) == (2, 2, 0)
     assert counts["counts"]["emotion"] == {"(none)": 2}

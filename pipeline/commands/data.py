@@ -104,14 +104,18 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from components import inspect, readers
+    from pipeline.console import quiet_run
 
+    log_path = os.path.join(args.out, "inspect.log")   # Beam's and absl's INFO lines
     try:
-        report = inspect.inspect(args.path, reader=args.reader, dataset=args.dataset,
-                                 out_dir=args.out, per_class=args.per_class,
-                                 progress=sys.stderr.isatty())
+        with quiet_run(log_path):
+            report = inspect.inspect(args.path, reader=args.reader, dataset=args.dataset,
+                                     out_dir=args.out, per_class=args.per_class,
+                                     progress=sys.stderr.isatty())
     except (readers.EmptySourceError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
     print(inspect.format_report(report))
+    print(f"log: {log_path}")
     print(f"contact sheet: {os.path.join(args.out, 'contact_sheet.png')}")
     print(f"counts: {os.path.join(args.out, 'counts.json')}")
     return 0
