@@ -2,7 +2,8 @@
 tflite`` and ``--format onnx``) beside the SavedModel's ``serving_default`` at
 batch 1, how far their outputs are from the SavedModel's, and, when its JSON
 is given, the ``fer`` peer's TFLite (``benchmarks/peer_fer.py``, setting
-``box-tflite``: 1 / images per second, face box given, so no detection).
+``face-tflite``: the face fed as the peer's own pipeline feeds a detected face,
+1 / images per second, no detection; an older JSON's ``box-tflite`` otherwise).
 
 The converted models' times count the model only (their input is the decoded
 face); the decode + resize a client does first is timed separately. Faces are
@@ -10,7 +11,7 @@ synthetic unless ``--faces`` names a folder of face images (e.g. FER2013
 PublicTest, searched recursively). ::
 
     .venv/bin/python benchmarks/export_latency.py [runs/demo/serving/fer] \\
-        [--faces ../shared/datasets/fer2013/val] [--peer runs/peer_fer.json] [--images 300]
+        [--faces ../shared/datasets/fer2013/val] [--peer docs/results/peer_fer_face.json] [--images 300]
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", help="pushed model (default: untrained baseline)")
     parser.add_argument("--faces", help="folder of face images (default: synthetic faces)")
-    parser.add_argument("--peer", help="peer_fer.py --out JSON (for its box-tflite figure)")
+    parser.add_argument("--peer", help="peer_fer.py --out JSON (for its face-tflite figure)")
     parser.add_argument("--images", type=int, default=300)
     args = parser.parse_args(argv)
 
@@ -99,9 +100,12 @@ def main(argv=None) -> int:
                 lambda b: serve(images=tf.constant([b]))["probabilities"].numpy(), blobs), 0.0)]
     if args.peer:
         with open(args.peer) as f:
-            peer = json.load(f).get("box-tflite")
-        if peer:
-            rows.append(("fer peer, TFLite (box given)", 1000 / peer["images_per_second"], None))
+            settings = json.load(f)
+        for key, name in (("face-tflite", "fer peer, TFLite (face as its pipeline feeds it)"),
+                          ("box-tflite", "fer peer, TFLite (whole image as the box)")):
+            if settings.get(key):
+                rows.append((name, 1000 / settings[key]["images_per_second"], None))
+                break
     faces = f"{len(blobs)} {'faces from ' + args.faces if args.faces else 'synthetic faces'}"
     print(f"| single image, {size} px model, {faces} | ms | max abs. probability gap "
           "to serving_default |")
