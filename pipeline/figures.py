@@ -191,6 +191,39 @@ def image_grid(faces, columns: Sequence[tuple], path, title: str, cell: float = 
     return _save(fig, path)
 
 
+def landmarks_plot(faces, true, predicted: Mapping[str, Any], path,
+                   title: str = "Landmarks") -> str:
+    """Faces ``[N, S, S, 1]`` (columns) with their 68 true points (white) and, one
+    row per ``predicted`` set (name -> ``[N, 136]``, x/y in [0, 1] of the face),
+    that set's points in colour (trace-norm's landmark task, Hu et al. Fig 4)."""
+    faces = np.asarray(faces, np.float32)
+    size = faces.shape[1]
+    # [0, 1] of the face -> imshow's pixel-centre coordinates
+    pts = lambda a: np.asarray(a, np.float64).reshape(len(faces), -1, 2) * size - 0.5
+    plt = _plt()
+    rows = max(len(predicted), 1)
+    fig, axes = plt.subplots(rows, len(faces), figsize=(1.5 * len(faces), 1.5 * rows + 0.4),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10")
+    sets = list(predicted.items()) or [("", None)]
+    for r, (name, p) in enumerate(sets):
+        for i, ax in enumerate(axes[r]):
+            ax.imshow(faces[i, ..., 0], cmap="gray", vmin=0, vmax=1)
+            t = pts(true)[i]
+            ax.scatter(t[:, 0], t[:, 1], s=3, c="white")
+            if p is not None:
+                q = pts(p)[i]
+                ax.scatter(q[:, 0], q[:, 1], s=3, color=colours(r))
+            ax.set_xlim(-0.5, size - 0.5)
+            ax.set_ylim(size - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=7, color=colours(r))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def convflu_gate_plot(model, faces, path, title: str = "ConvFLU gates") -> str:
     """For each face: the input, then per transfer block the channel-mean of
     the recognition stream's leaky gate ``r_x`` (what it takes from the

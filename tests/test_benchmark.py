@@ -221,6 +221,21 @@ def test_array_figures_write_pngs(tmp_path):
     _png_ok(figures.au_per_emotion_plot(rng.random((120, contract.NUM_AUS)), pred,
                                         tmp_path / "au.png"))
     _png_ok(figures.trace_norm_rates_plot(rng.random(33), tmp_path / "tn.png"))
+    from PIL import Image
+
+    def white_on_the_face(true):                # one black face: white pixels inside it
+        path = figures.landmarks_plot(np.zeros((1, 32, 32, 1)), true, {"net": true * 0 + 2},
+                                      tmp_path / "l.png")   # "net" off the face
+        _png_ok(path)
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        black = (pixels < 10).all(-1)          # the face's rows and columns, not the text's
+        rows = np.nonzero(black.sum(1) > 0.5 * black.sum(1).max())[0]
+        cols = np.nonzero(black.sum(0) > 0.5 * black.sum(0).max())[0]
+        face = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        return int((face > 245).all(-1).sum())
+
+    assert white_on_the_face(np.full((1, 136), 0.5)) > 0      # the true points, drawn white
+    assert white_on_the_face(np.full((1, 136), 5.0)) == 0     # off the face: nothing drawn
     summary = tables.summarize([_row("baseline", "f0", 0.6, 0.8), _row("baseline", "f1", 0.7, 0.8)])
     _png_ok(figures.accuracy_bars(summary, tmp_path / "acc.png"))
     with pytest.raises(ValueError, match="no labelled"):
