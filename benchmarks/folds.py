@@ -398,3 +398,21 @@ def shared_class_scores(arrays: Mapping[str, np.ndarray],
     m = emotion_metrics(arrays["emotion"], prob)
     return {"accuracy_shared_classes": m["accuracy"],
             "balanced_accuracy_shared_classes": m["balanced_accuracy"]}
+
+
+def add_data_arguments(parser, k: int = 5) -> None:
+    """``--data --protocol --k --image-size --out`` of a script that reads a finished
+    benchmark's data (``benchmarks/mean_shape_nme.py``, ``landmark_figure.py``)."""
+    parser.add_argument("--data", required=True, help="the benchmark's data spec")
+    parser.add_argument("--protocol", default="kfold", choices=PROTOCOLS)
+    parser.add_argument("--k", type=int, default=k)
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--out", required=True, help="the benchmark's output folder")
+
+
+def benchmark_folds(args) -> Tuple[PreparedData, List[Fold]]:
+    """The prepared data and folds of :func:`add_data_arguments`' arguments (the
+    benchmark's data in ``OUT/data``, cached: seconds)."""
+    spec = benchmark_spec(DataSpec.load(args.data), args.protocol, args.k)
+    data = prepare_data(spec, os.path.join(args.out, "data"), args.image_size)
+    return data, make_folds(data, args.protocol, args.k)

@@ -22,7 +22,6 @@ import numpy as np
 from benchmarks import folds as F
 from benchmarks.mean_shape_nme import _landmarks
 from benchmarks.protocols import load_run_model
-from components.ingestion import DataSpec
 from models import training
 from pipeline import figures
 
@@ -37,19 +36,14 @@ def first_landmark_faces(examples, n: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--protocol", default="kfold", choices=F.PROTOCOLS)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--out", required=True, help="the benchmark's output folder")
+    F.add_data_arguments(p)
     p.add_argument("--fold", default="fold0")
     p.add_argument("--runs", required=True, help="comma-separated run names")
     p.add_argument("--faces", type=int, default=6)
     p.add_argument("--png", required=True)
     args = p.parse_args(argv)
-    spec = F.benchmark_spec(DataSpec.load(args.data), args.protocol, args.k)
-    data = F.prepare_data(spec, os.path.join(args.out, "data"), args.image_size)
-    (fold,) = [f for f in F.make_folds(data, args.protocol, args.k) if f.name == args.fold]
+    data, folds = F.benchmark_folds(args)
+    (fold,) = [f for f in folds if f.name == args.fold]
     faces, true, examples = first_landmark_faces(fold.test(data), args.faces)
     train_pts, train_mask = _landmarks(fold.train(data))
     predicted = {}

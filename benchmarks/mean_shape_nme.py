@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Dict, Optional
 
 import numpy as np
 
 from benchmarks import folds as B
-from components.ingestion import DataSpec
 from models import metrics
 
 
@@ -46,20 +44,14 @@ def mean_shape_nme(train, test) -> Optional[float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--protocol", default="kfold", choices=B.PROTOCOLS)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--out", required=True, help="the benchmark's output folder")
+    B.add_data_arguments(p)
     p.add_argument("--json", help="also write the per-fold numbers here")
     args = p.parse_args(argv)
-    spec = B.benchmark_spec(DataSpec.load(args.data), args.protocol, args.k)
-    data = B.prepare_data(spec, os.path.join(args.out, "data"), args.image_size)
-    folds: Dict[str, Optional[float]] = {
-        f.name: mean_shape_nme(f.train(data), f.test(data))
-        for f in B.make_folds(data, args.protocol, args.k)}
-    values = [v for v in folds.values() if v is not None]
-    result = {"folds": folds, "mean": float(np.mean(values)) if values else None,
+    data, folds = B.benchmark_folds(args)
+    nme: Dict[str, Optional[float]] = {f.name: mean_shape_nme(f.train(data), f.test(data))
+                                       for f in folds}
+    values = [v for v in nme.values() if v is not None]
+    result = {"folds": nme, "mean": float(np.mean(values)) if values else None,
               "data": args.data, "protocol": args.protocol, "k": args.k}
     print(json.dumps(result, indent=2))
     if args.json:
