@@ -388,16 +388,34 @@ def _cross_fold(data: PreparedData, train_datasets: Sequence[str],
                 test_keep=_scored_only(test_keep, classes["scored"]), classes=classes)
 
 
+def _allowed_class_scores(arrays: Mapping[str, np.ndarray], allowed: np.ndarray,
+                          suffix: str) -> Dict[str, float]:
+    """``accuracy_<suffix>`` / ``balanced_accuracy_<suffix>``: the argmax over the
+    classes ``allowed`` (``[classes]`` or ``[examples, classes]`` booleans)."""
+    prob = np.where(allowed, arrays["probabilities"], -np.inf)
+    m = emotion_metrics(arrays["emotion"], prob)
+    return {f"accuracy_{suffix}": m["accuracy"],
+            f"balanced_accuracy_{suffix}": m["balanced_accuracy"]}
+
+
 def shared_class_scores(arrays: Mapping[str, np.ndarray],
                         scored: Sequence[str]) -> Dict[str, float]:
     """``accuracy_shared_classes`` / ``balanced_accuracy_shared_classes``: the
     argmax over the ``scored`` classes only (``collect_predictions`` arrays)."""
-    ids = [contract.EMOTIONS.index(c) for c in scored]
-    prob = np.full_like(arrays["probabilities"], -np.inf)
-    prob[:, ids] = arrays["probabilities"][:, ids]
-    m = emotion_metrics(arrays["emotion"], prob)
-    return {"accuracy_shared_classes": m["accuracy"],
-            "balanced_accuracy_shared_classes": m["balanced_accuracy"]}
+    return _allowed_class_scores(arrays, contract.label_set_mask(scored) > 0, "shared_classes")
+
+
+def own_label_scores(arrays: Mapping[str, np.ndarray]) -> Dict[str, float]:
+    """``accuracy_own_labels`` / ``balanced_accuracy_own_labels``: each test
+    example's argmax over the classes its own dataset labels (its
+    ``emotion_mask``), so a model trained with FER2013 cannot call a CK+ face
+    neutral, a class CK+ never labels. Empty when every example's dataset labels
+    every class (the score would equal ``accuracy``)."""
+    allowed = np.asarray(arrays["emotion_mask"]) > 0
+    labelled = allowed.any(1)
+    if allowed[labelled].all():
+        return {}
+    return _allowed_class_scores(arrays, allowed, "own_labels")
 
 
 def add_data_arguments(parser, k: int = 5) -> None:

@@ -39,7 +39,8 @@ from models.registry import get_method
 from pipeline import figures
 from benchmarks import resume, run_figures
 from benchmarks.folds import (PROTOCOLS, Fold, PreparedData, benchmark_spec, make_folds,
-                              prepare_data, shared_class_scores)
+                              prepare_data, own_label_scores,
+                              shared_class_scores)
 from benchmarks.ablation_table import fold_results
 from benchmarks.tables import (BenchmarkError, git_commit, hardware, method_of,
                                resolve_methods, summarize, write_table)
@@ -127,6 +128,7 @@ def collect_predictions(method, model, cfg, examples: tf.data.Dataset,
         start = rows[-1] + 1
         cols.setdefault("emotion", []).append(batch["emotion"])
         cols.setdefault("dataset_id", []).append(batch["dataset_id"])
+        cols.setdefault("emotion_mask", []).append(batch["emotion_mask"])
         cols.setdefault("probabilities", []).append(out["probabilities"])
         if start - len(rows) < max_faces:
             cols.setdefault("faces", []).append(batch["image"][:max_faces - rows[0]])
@@ -252,6 +254,7 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
                                    "confusion_matrix", "num_examples")},
         **{k: metrics[k] for k in ROW_METRICS if metrics.get(k) is not None},
     }
+    row.update(own_label_scores(arrays))
     if fold.classes:
         row["cross_classes"] = dict(fold.classes)
         row.update(shared_class_scores(arrays, fold.classes["scored"]))

@@ -93,11 +93,19 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             "side_accuracy": {name: float(np.mean([r["side_scores"][name]["accuracy"]
                                                    for r in rs if name in r.get("side_scores", {})]))
                               for name in sorted({n for r in rs for n in r.get("side_scores", {})})},
-            "landmark_nme": (float(np.mean([r["landmark_nme"] for r in rs]))
-                             if all(r.get("landmark_nme") is not None for r in rs) else None),
+            "landmark_nme": _mean_of(rs, "landmark_nme"),
+            # the argmax over each test face's own dataset's classes (folds.own_label_scores)
+            "accuracy_own_labels": _mean_of(rs, "accuracy_own_labels"),
             "hardware": rs[0].get("hardware", ""), "commit": rs[0].get("commit", ""),
         })
     return out
+
+
+def _mean_of(rows: Sequence[Mapping[str, Any]], key: str) -> Optional[float]:
+    """Mean of ``key`` over the rows; None unless every row has it."""
+    if not rows or any(r.get(key) is None for r in rows):
+        return None
+    return float(np.mean([r[key] for r in rows]))
 
 
 def _fmt(v, fmt: str) -> str:
@@ -116,8 +124,9 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
     classes = [e for e in contract.EMOTIONS if any(e in s["per_class_recall"] for s in summary)]
     seed_reported = dict(seed_reported or {})
     sides = sorted({n for s in summary for n in s["side_accuracy"]})
+    own = ["own-label acc."] if any(s["accuracy_own_labels"] is not None for s in summary) else []
     header = (["method", "preset", "input", "params", "folds", "epochs", "accuracy",
-               "balanced acc."] + [f"recall {e}" for e in classes]
+               "balanced acc."] + own + [f"recall {e}" for e in classes]
               + ["AU acc.", "AU F1", "landmark NME"] + [f"{n} acc." for n in sides]
               + ["train min", "seed reports"])
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -126,6 +135,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
                else f"{s['accuracy_mean']:.1%}")
         cells = [s["method"], s["preset"], f"{s['image_size']}²", f"{s['params']:,}",
                  str(s["folds"]), str(s["epochs"]), acc, f"{s['balanced_mean']:.1%}"]
+        cells += [_fmt(s["accuracy_own_labels"], "{:.1%}") for _ in own]
         cells += [_fmt(s["per_class_recall"].get(e), "{:.0%}") for e in classes]
         cells += [_fmt(s["au_mean_accuracy"], "{:.1%}"), _fmt(s["au_mean_f1"], "{:.2f}"),
                   _fmt(s["landmark_nme"], "{:.2f} %")]
@@ -145,6 +155,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
         w = csv.writer(f)
         w.writerow(["method", "preset", "image_size", "params", "folds", "epochs",
                     "accuracy_mean", "accuracy_std", "balanced_accuracy_mean"]
+                   + ["accuracy_own_labels" for _ in own]
                    + [f"recall_{e}" for e in classes]
                    + ["au_mean_accuracy", "au_mean_f1", "landmark_nme"]
                    + [f"accuracy_{n}" for n in sides] + ["train_minutes", "hardware", "commit",
@@ -153,6 +164,8 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
             w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
                         s["epochs"], f"{s['accuracy_mean']:.4f}", f"{s['accuracy_std']:.4f}",
                         f"{s['balanced_mean']:.4f}"]
+                       + [_fmt(s["accuracy_own_labels"], "{:.4f}").replace("—", "")
+                          for _ in own]
                        + [("" if s["per_class_recall"].get(e) is None
                            else f"{s['per_class_recall'][e]:.4f}") for e in classes]
                        + ["" if s["au_mean_accuracy"] is None
