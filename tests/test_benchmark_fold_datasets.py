@@ -107,6 +107,12 @@ def test_benchmark_command_scores_the_side_test_and_draws_its_au_figure(
     figure = kept["figures"][f"au_per_emotion:{WIDE}.eval"]
     assert (committed / "sjmt" / "fold0" / figure).stat().st_size > 0
     assert f"{WIDE}.eval acc." in (committed / "results.md").read_text()
+    # --redo-figures redraws the side test's figure too (it used to drop it)
+    (committed / "sjmt" / "fold0" / figure).unlink()
+    assert cli.main(argv + ["--redo-figures"]) == 0
+    redone = json.loads((committed / "sjmt" / "fold0" / "result.json").read_text())
+    assert redone["figures"][f"au_per_emotion:{WIDE}.eval"] == figure
+    assert (committed / "sjmt" / "fold0" / figure).stat().st_size > 0
     # a later call with --folds 1 keeps every committed fold in the committed table's
     # protocol line (it used to be rewritten with that call's folds only)
     assert cli.main(argv[:argv.index("--folds") + 1] + ["2"] + argv[argv.index("--folds") + 2:]
