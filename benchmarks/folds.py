@@ -208,7 +208,7 @@ def _sizes(examples: tf.data.Dataset) -> Dict[str, Any]:
             "members": hashlib.sha256(triples.tobytes()).hexdigest()[:16]}
 
 
-def _is_in(key: str, values: Sequence[int]):
+def is_in(key: str, values: Sequence[int]):
     ids = tf.constant(list(values), tf.int64)
     return lambda e: tf.reduce_any(tf.equal(tf.cast(e[key], tf.int64), ids))
 
@@ -261,7 +261,7 @@ def cross_classes(train: tf.data.Dataset, test: tf.data.Dataset, train_names: Se
 
 def _scored_only(keep: Callable, scored: Sequence[str]) -> Callable:
     """``keep``, less the labelled examples of a class not in ``scored``."""
-    in_scored = _is_in("emotion", [contract.EMOTIONS.index(c) for c in scored])
+    in_scored = is_in("emotion", [contract.EMOTIONS.index(c) for c in scored])
     return lambda e: tf.logical_and(keep(e), tf.logical_or(
         tf.less(tf.cast(e["emotion"], tf.int64), 0), in_scored(e)))
 
@@ -320,27 +320,34 @@ def make_folds(data: PreparedData, protocol: str, k: int = 10,
             raise BenchmarkError(f"cross: {shared} is both a train and a test dataset")
         folds = [_cross_fold(data, train_datasets, test_datasets, train_split, test_split)]
     for fold in folds:
-        sides = {"train": _sizes(fold.train(data)), "test": _sizes(fold.test(data))}
-        if fold.val_keep is not None:
-            sides["val"] = _sizes(fold.validation(data))
-        for name in fold.side_tests:
-            sides[f"side:{name}"] = _sizes(fold.side(data, name))
-        fold.protocol = protocol
-        fold.sizes = {"test_labelled": sides["test"]["labelled"]}
-        for side, got in sides.items():
-            fold.sizes.update({side: got["n"], f"{side}_subjects": got["subjects"],
-                               f"{side}_members": got["members"]})
-        empty = [side for side, got in sides.items() if not got["n"]]
-        if empty:
-            raise BenchmarkError(
-                f"{protocol}: {fold.name} has an empty {empty[0]} side"
-                + (" - use fewer folds or add subjects" if protocol in KFOLD_PROTOCOLS else ""))
-        if "val" in sides and not sides["val"]["labelled"]:
-            raise BenchmarkError(f"{protocol}: {fold.name}'s validation group "
-                                 f"{fold.validation_group} has no emotion-labelled example")
+        measure_fold(data, fold, protocol)
     if not any(f.sizes["test_labelled"] for f in folds):
         raise BenchmarkError(f"{protocol}: no fold has an emotion-labelled test example")
     return folds
+
+
+def measure_fold(data: PreparedData, fold: Fold, protocol: str) -> None:
+    """Set ``fold.protocol`` and ``fold.sizes`` (examples, subjects and members of
+    each side, benchmarks/resume.py); raises :class:`BenchmarkError` on an
+    empty side or a validation group without an emotion label."""
+    sides = {"train": _sizes(fold.train(data)), "test": _sizes(fold.test(data))}
+    if fold.val_keep is not None:
+        sides["val"] = _sizes(fold.validation(data))
+    for name in fold.side_tests:
+        sides[f"side:{name}"] = _sizes(fold.side(data, name))
+    fold.protocol = protocol
+    fold.sizes = {"test_labelled": sides["test"]["labelled"]}
+    for side, got in sides.items():
+        fold.sizes.update({side: got["n"], f"{side}_subjects": got["subjects"],
+                           f"{side}_members": got["members"]})
+    empty = [side for side, got in sides.items() if not got["n"]]
+    if empty:
+        raise BenchmarkError(
+            f"{protocol}: {fold.name} has an empty {empty[0]} side"
+            + (" - use fewer folds or add subjects" if protocol in KFOLD_PROTOCOLS else ""))
+    if "val" in sides and not sides["val"]["labelled"]:
+        raise BenchmarkError(f"{protocol}: {fold.name}'s validation group "
+                             f"{fold.validation_group} has no emotion-labelled example")
 
 
 def fold_only(data: PreparedData, folds: Sequence[Fold], fold_datasets: Sequence[str]) -> None:
@@ -353,7 +360,7 @@ def fold_only(data: PreparedData, folds: Sequence[Fold], fold_datasets: Sequence
     if missing:
         raise BenchmarkError(f"fold_datasets {missing} are not in the data "
                              f"{sorted(data.datasets)}")
-    folded = _is_in("dataset_id", [data.datasets.index(d) for d in fold_datasets])
+    folded = is_in("dataset_id", [data.datasets.index(d) for d in fold_datasets])
     others = [d for d in data.datasets if d not in fold_datasets]
 
     def within(keep):
@@ -365,7 +372,7 @@ def fold_only(data: PreparedData, folds: Sequence[Fold], fold_datasets: Sequence
             fold.val_keep = within(fold.val_keep)
         if others:
             fold.train_also = (("train",), lambda e: tf.logical_not(folded(e)))
-            fold.side_tests = {f"{d}.eval": (("eval",), _is_in("dataset_id",
+            fold.side_tests = {f"{d}.eval": (("eval",), is_in("dataset_id",
                                                              [data.datasets.index(d)]))
                                for d in others}
 
@@ -377,8 +384,8 @@ def _cross_fold(data: PreparedData, train_datasets: Sequence[str],
     classes both sides label (:func:`cross_classes`)."""
     train_splits, test_splits = _split_names(train_split, "train"), _split_names(test_split,
                                                                                  "test")
-    train_keep = _is_in("dataset_id", [data.datasets.index(d) for d in train_datasets])
-    test_keep = _is_in("dataset_id", [data.datasets.index(d) for d in test_datasets])
+    train_keep = is_in("dataset_id", [data.datasets.index(d) for d in train_datasets])
+    test_keep = is_in("dataset_id", [data.datasets.index(d) for d in test_datasets])
     classes = cross_classes(data.examples(train_splits, train_keep),
                             data.examples(test_splits, test_keep), train_datasets, test_datasets)
     name = "-to-".join("+".join(names) + ("" if split == "all" else f".{split}")

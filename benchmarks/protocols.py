@@ -37,7 +37,7 @@ from components.ingestion import DataSpec
 from models import training
 from models.registry import get_method
 from pipeline import figures
-from benchmarks import resume, run_figures
+from benchmarks import pretrain as pretraining, resume, run_figures
 from benchmarks.folds import (PROTOCOLS, Fold, PreparedData, benchmark_spec, make_folds,
                               prepare_data, own_label_scores,
                               shared_class_scores)
@@ -147,7 +147,8 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
             epochs: Optional[int] = None, minutes: Optional[float] = None, seed: int = 0,
             figures_on: bool = True, provenance: Optional[Mapping[str, str]] = None,
             redo_figures: bool = False, results_dir: Optional[str] = None,
-            run_name: Optional[str] = None) -> Dict[str, Any]:
+            run_name: Optional[str] = None,
+            pretrain: Optional[pretraining.Pretrain] = None) -> Dict[str, Any]:
     """Fit, evaluate and plot one method on one fold; returns its result row.
 
     ``run_name``: a variant's name (default the method's): the committed
@@ -163,11 +164,15 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
     reused (``redo_figures``: the model is rebuilt from ``run_dir``'s weights
     and the figures redrawn); one with other fingerprints is rerun, and a
     stopped run of the same fingerprints resumes from ``run_dir/checkpoints``.
+
+    ``pretrain``: fine-tune from a pre-training (benchmarks/pretrain.py), itself
+    a run of this function, made (or reused) only when the fold must run.
     """
     overrides = dict(overrides or {})
     run_name = run_name or method_name
     fp = resume.fingerprint(method_name, resume.run_settings(
-        method_name, fold, data, preset, overrides, epochs, minutes, seed))
+        method_name, fold, data, preset, overrides, epochs, minutes, seed,
+        pretrain=None if pretrain is None else pretrain.settings()))
     result_path = os.path.join(run_dir, "result.json")
     committed = os.path.join(results_dir, run_name, fold.name) if results_dir else None
     found_row, found, why = resume.reusable(
@@ -179,10 +184,19 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
                            redo_figures), run=run_name)
     if why:
         log.info("%s/%s: rerunning, %s: %s", run_name, fold.name, found, why)
+    initial, pre = None, {}
+    if pretrain is not None:
+        log.info("%s/%s: pre-training on %s first (or reusing it)", run_name, fold.name,
+                 "+".join(pretrain.datasets))
+        pre_row = run_one(method_name, pretrain.fold, data, pretrain.run_dir, preset, overrides,
+                          pretrain.epochs, pretrain.minutes, seed, figures_on=False,
+                          provenance=provenance, run_name=f"{run_name}.pretrain")
+        initial = os.path.join(pretrain.run_dir, "final.weights.h5")
+        pre = {"pretrain": pretraining.summary(pre_row, pretrain.datasets)}
     resume.start_run(run_dir, fp)
     row = dict(train_fold(method_name, fold, data, run_dir, preset, overrides, epochs, minutes,
-                          seed, figures_on),
-               run=run_name, **dict(provenance or {}),
+                          seed, figures_on, initial_weights=initial),
+               run=run_name, **dict(provenance or {}), **pre,
                **{k: fp[k] for k in ("settings_fingerprint", "code_fingerprint", "code_digest",
                                      "settings", "code_files")})
     with open(result_path, "w") as f:
@@ -196,10 +210,11 @@ def run_one(method_name: str, fold: Fold, data: PreparedData, run_dir: str,
 
 def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, preset: str,
                overrides: Mapping[str, Any], epochs: Optional[int], minutes: Optional[float],
-               seed: int, figures_on: bool) -> Dict[str, Any]:
-    """The work of :func:`run_one`: fit (resuming from ``run_dir/checkpoints``),
-    save the weights, config and ``predictions.npz``, evaluate, draw the figures;
-    returns the row's numbers."""
+               seed: int, figures_on: bool,
+               initial_weights: Optional[str] = None) -> Dict[str, Any]:
+    """The work of :func:`run_one`: fit (resuming from ``run_dir/checkpoints``;
+    from ``initial_weights`` when given), save the weights, config and
+    ``predictions.npz``, evaluate, draw the figures; returns the row's numbers."""
     method = get_method(method_name)
     cfg = method.config(preset, **overrides)
     cfg["datasets"] = list(data.datasets)
@@ -230,7 +245,7 @@ def train_fold(method_name: str, fold: Fold, data: PreparedData, run_dir: str, p
         callbacks.append(budget)
     fitted = training.fit(method, cfg, train_examples, val_examples, plan=training.Plan(
         epochs=plan["epochs"], seed=seed, backup_dir=os.path.join(run_dir, "checkpoints"),
-        callbacks=callbacks, verbose=2,
+        callbacks=callbacks, verbose=2, initial_weights=initial_weights,
         select_best=None if val_examples is None else os.path.join(run_dir, "selection")))
     model = fitted.model
     train_s = clock.save() if fitted.history.history else clock.before
@@ -348,6 +363,19 @@ def redo_run_figures(row: Dict[str, Any], fold: Fold, data: PreparedData,
     return row
 
 
+def _pretrain_of(name: str, setting: Mapping[str, Any], data: PreparedData,
+                 folds: Sequence[Fold], out_dir: str):
+    """``(Pretrain, fine-tuning folds)`` of a run with a ``pretrain`` setting."""
+    setting = pretraining.check_setting(f"methods.{name}.pretrain", setting)
+    pretrain = pretraining.Pretrain(
+        datasets=setting["datasets"], minutes=setting["minutes"], epochs=setting["epochs"],
+        fold=pretraining.pretrain_fold(data, setting["datasets"]),
+        run_dir=os.path.join(out_dir, "pretrain", name))
+    log.info("%s: pre-training %s; fine-tuning folds: %s", name, pretrain.fold.describe(),
+             "; ".join(f.describe() for f in folds))
+    return pretrain, [pretraining.finetune_fold(f, data, setting["datasets"]) for f in folds]
+
+
 # --------------------------------------------------------------------------- #
 # the whole benchmark
 # --------------------------------------------------------------------------- #
@@ -365,7 +393,7 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     """Run the benchmark; returns ``{"rows", "table", "figures"}``.
 
     ``method_settings``: run name -> ``{"method", "preset", "overrides", "epochs",
-    "minutes"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``
+    "minutes", "pretrain"}`` overriding the common ``preset`` / ``epochs`` / ``minutes``
     (a run name other than a method's is a variant: ``method`` names what it
     trains; ``methods`` may name it).
     ``folds_limit`` runs only the first N folds (quick looks at k-fold).
@@ -406,7 +434,11 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     total = len(names) * len(first)
     for i, name in enumerate(names):
         setting, size = settings[name], sizes[name]
-        for j, fold in enumerate(folds_of[size]):
+        folds, pretrain = folds_of[size], None
+        if setting.get("pretrain"):
+            pretrain, folds = _pretrain_of(name, setting["pretrain"], prepared[size], folds,
+                                           out_dir)
+        for j, fold in enumerate(folds):
             log.info("[%d/%d] %s on %s", i * len(first) + j + 1, total, name, fold.name)
             rows.append(run_one(
                 method_names[name], fold, prepared[size],
@@ -415,7 +447,7 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                 epochs=setting.get("epochs", epochs), minutes=setting.get("minutes", minutes),
                 seed=seed, figures_on=figures_on, provenance=provenance,
                 redo_figures=redo_figures and figures_on, results_dir=results_dir,
-                run_name=name))
+                run_name=name, pretrain=pretrain))
     def notes(folds: Sequence[Fold]) -> List[str]:
         return [f"Protocol: {protocol} ({'; '.join(f.describe() for f in folds)}).",
                 f"Data: {counts.get('total', '?')} faces after ingestion, "

@@ -135,9 +135,12 @@ def portable_spec(spec_json: str) -> Dict[str, Any]:
 
 def run_settings(method_name: str, fold, data, preset: str,
                  overrides: Optional[Mapping[str, Any]], epochs: Optional[int],
-                 minutes: Optional[float], seed: int) -> Dict[str, Any]:
-    """Everything a fold's result depends on besides code (see the module docstring)."""
-    return {
+                 minutes: Optional[float], seed: int,
+                 pretrain: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Everything a fold's result depends on besides code (see the module
+    docstring); ``pretrain``: a pre-training's settings (benchmarks/pretrain.py),
+    a key only when there is one, so other runs keep their fingerprints."""
+    settings = {
         "method": method_name, "preset": preset,
         "overrides": json.loads(json.dumps(dict(overrides or {}), sort_keys=True, default=str)),
         "epochs": None if epochs is None else int(epochs),
@@ -146,6 +149,9 @@ def run_settings(method_name: str, fold, data, preset: str,
         "fold_members": {k: fold.sizes[k] for k in sorted(fold.sizes)},
         "data": portable_spec(data.spec_json), "image_size": int(data.image_size),
     }
+    if pretrain is not None:
+        settings["pretrain"] = json.loads(json.dumps(dict(pretrain), sort_keys=True))
+    return settings
 
 
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:

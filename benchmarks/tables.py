@@ -96,9 +96,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             "landmark_nme": _mean_of(rs, "landmark_nme"),
             # the argmax over each test face's own dataset's classes (folds.own_label_scores)
             "accuracy_own_labels": _mean_of(rs, "accuracy_own_labels"),
+            # fine-tuned runs: the pre-training's own score (one pre-training per run)
+            "pretrain": _pretrain_of(rs),
             "hardware": rs[0].get("hardware", ""), "commit": rs[0].get("commit", ""),
         })
     return out
+
+
+def _pretrain_of(rows: Sequence[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``{"test", "accuracy", "minutes"}`` of the rows' pre-training
+    (benchmarks/pretrain.py); None unless every row was fine-tuned from one."""
+    pre = [r.get("pretrain") for r in rows]
+    if not pre or any(p is None for p in pre):
+        return None
+    return {"test": pre[0]["test"], "accuracy": float(np.mean([p["accuracy"] for p in pre])),
+            "minutes": float(pre[0].get("train_seconds", 0.0)) / 60.0}
 
 
 def _mean_of(rows: Sequence[Mapping[str, Any]], key: str) -> Optional[float]:
@@ -125,9 +137,11 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
     seed_reported = dict(seed_reported or {})
     sides = sorted({n for s in summary for n in s["side_accuracy"]})
     own = ["own-label acc."] if any(s["accuracy_own_labels"] is not None for s in summary) else []
+    pre = sorted({s["pretrain"]["test"] for s in summary if s["pretrain"]})
     header = (["method", "preset", "input", "params", "folds", "epochs", "accuracy",
                "balanced acc."] + own + [f"recall {e}" for e in classes]
               + ["AU acc.", "AU F1", "landmark NME"] + [f"{n} acc." for n in sides]
+              + [f"pre-trained, {n} acc." for n in pre] + ["pre-train min" for _ in pre[:1]]
               + ["train min", "seed reports"])
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
@@ -140,6 +154,9 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
         cells += [_fmt(s["au_mean_accuracy"], "{:.1%}"), _fmt(s["au_mean_f1"], "{:.2f}"),
                   _fmt(s["landmark_nme"], "{:.2f} %")]
         cells += [_fmt(s["side_accuracy"].get(n), "{:.1%}") for n in sides]
+        cells += [_fmt(s["pretrain"]["accuracy"] if s["pretrain"] and s["pretrain"]["test"] == n
+                       else None, "{:.1%}") for n in pre]
+        cells += [_fmt(s["pretrain"] and s["pretrain"]["minutes"], "{:.1f}") for _ in pre[:1]]
         cells += [f"{s['train_minutes']:.1f}",
                   seed_reported.get(s["method"], "—")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -158,8 +175,10 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
                    + ["accuracy_own_labels" for _ in own]
                    + [f"recall_{e}" for e in classes]
                    + ["au_mean_accuracy", "au_mean_f1", "landmark_nme"]
-                   + [f"accuracy_{n}" for n in sides] + ["train_minutes", "hardware", "commit",
-                      "seed_reported"])
+                   + [f"accuracy_{n}" for n in sides]
+                   + [f"pretrained_accuracy_{n}" for n in pre]
+                   + ["pretrain_minutes" for _ in pre[:1]]
+                   + ["train_minutes", "hardware", "commit", "seed_reported"])
         for s in summary:
             w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
                         s["epochs"], f"{s['accuracy_mean']:.4f}", f"{s['accuracy_std']:.4f}",
@@ -174,6 +193,10 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
                           "" if s["landmark_nme"] is None else f"{s['landmark_nme']:.4f}"]
                        + [("" if s["side_accuracy"].get(n) is None
                            else f"{s['side_accuracy'][n]:.4f}") for n in sides]
+                       + [(f"{s['pretrain']['accuracy']:.4f}" if s["pretrain"]
+                           and s["pretrain"]["test"] == n else "") for n in pre]
+                       + [(f"{s['pretrain']['minutes']:.2f}" if s["pretrain"] else "")
+                          for _ in pre[:1]]
                        + [f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
                           seed_reported.get(s["method"], "")])
     return {"markdown": md, "csv": path_csv}
@@ -197,7 +220,7 @@ def method_of(run: str, setting: Optional[Mapping[str, Any]] = None) -> str:
     return str((setting or {}).get("method") or run)
 
 
-SETTING_KEYS = ("method", "preset", "overrides", "epochs", "minutes")
+SETTING_KEYS = ("method", "preset", "overrides", "epochs", "minutes", "pretrain")
 #: A variant's name: it names the results folder, so no separators.
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -244,6 +267,10 @@ def load_settings(path: str) -> Dict[str, Any]:
         if "preset" in (setting or {}):
             registry.get_method(method).config(setting["preset"],
                                                **(setting.get("overrides") or {}))
+        if (setting or {}).get("pretrain") is not None:
+            from benchmarks.pretrain import check_setting    # it imports this module
+
+            check_setting(f"{path}: methods.{name}.pretrain", setting["pretrain"])
     return {"methods": {k: dict(v or {}) for k, v in methods.items()},
             "seed_reported": dict(raw.get("seed_reported") or {}),
             "results": (os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),

@@ -47,6 +47,8 @@ BACKUP_STATE = "training_metadata.json"
 SELECTION_METRIC = "val_score_accuracy"
 #: :class:`SelectBest`'s record inside its directory.
 SELECTION_FILE = "selection.json"
+#: The name of ``models.loss_model.LabelSetMask``'s variable.
+LABEL_SET = "label_set"
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -167,6 +169,21 @@ def restore(model: keras.Model, weights_path: str) -> None:
     model.load_weights(weights_path)
 
 
+def load_pretrained(model: keras.Model, weights_path: str) -> None:
+    """Load a pre-trained fit's ``.weights.h5`` into a newly built ``model`` of the
+    same method and config, its optimizer's state left out: the fit that
+    follows (a fine-tuning) starts a fresh optimizer and schedule. The label
+    sets (``LabelSetMask``) start empty again, so the fine-tuned model answers
+    over the classes its own training data labels (FER2013 -> CK+: no neutral).
+    A file of another architecture raises (Keras' shape check)."""
+    optimizers = {id(o): o for o in [getattr(model, "optimizer", None), *vars(model).values()]
+                  if isinstance(o, keras.optimizers.Optimizer)}    # FERSNet has two
+    model.load_weights(weights_path, objects_to_skip=list(optimizers.values()))
+    for variable in model.weights:
+        if variable.name == LABEL_SET:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+
 def epochs_done(backup_dir: Optional[str]) -> int:
     """Epochs a ``BackupAndRestore`` directory has recorded (0 when none)."""
     path = os.path.join(backup_dir or "", BACKUP_STATE)
@@ -191,7 +208,9 @@ class Plan:
     ``post_fit`` hook, e.g. FERSNet's FES fine-tuning), ``verbose``,
     ``callbacks`` (added to the method's own), ``select_best`` (a directory:
     score the eval examples after every epoch and return the weights of the
-    best one, :class:`SelectBest`; needs eval examples)."""
+    best one, :class:`SelectBest`; needs eval examples), ``initial_weights``
+    (a ``.weights.h5`` of the same method and config, e.g. a pre-training fit:
+    loaded into the built model before the fit, :func:`load_pretrained`)."""
 
     epochs: int = 10
     batch_size: Optional[int] = None
@@ -205,6 +224,7 @@ class Plan:
     verbose: Union[int, str] = 0
     callbacks: Sequence[keras.callbacks.Callback] = ()
     select_best: Optional[str] = None
+    initial_weights: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -254,6 +274,8 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
     strategy = distribution_strategy()
     with strategy.scope():
         model = method.build(cfg)
+        if plan.initial_weights:
+            load_pretrained(model, plan.initial_weights)
 
     cbs: List[keras.callbacks.Callback] = list(method.callbacks(cfg, steps))
     if plan.select_best:      # before the backup: an epoch it records has been scored
