@@ -371,9 +371,10 @@ def _pretrain_of(name: str, setting: Mapping[str, Any], data: PreparedData,
         datasets=setting["datasets"], minutes=setting["minutes"], epochs=setting["epochs"],
         fold=pretraining.pretrain_fold(data, setting["datasets"]),
         run_dir=os.path.join(out_dir, "pretrain", name))
+    tuned = [pretraining.finetune_fold(f, data, setting["datasets"]) for f in folds]
     log.info("%s: pre-training %s; fine-tuning folds: %s", name, pretrain.fold.describe(),
-             "; ".join(f.describe() for f in folds))
-    return pretrain, [pretraining.finetune_fold(f, data, setting["datasets"]) for f in folds]
+             "; ".join(f.describe() for f in tuned))
+    return pretrain, tuned
 
 
 # --------------------------------------------------------------------------- #

@@ -4,7 +4,8 @@ signatures embed the Transform graph.
 
 ``custom_config`` (set by ``pipeline/pipeline.py``): ``method`` (the resolved
 method config: ``method``, ``preset``, ``image_size`` ...) and ``train``
-(``epochs``, ``batch_size``, ``seed``, ``deterministic``, ``backup_dir``).
+(``epochs``, ``batch_size``, ``seed``, ``deterministic``, ``fit_eval_split``,
+``backup_dir``).
 ``cfg["datasets"]`` is Transform's dataset vocabulary. ``TrainArgs.num_steps``
 > 0 caps the steps (spread over the epochs); 0 means full passes. ``epochs: 0``
 exports the untrained model (used to prove the Evaluator refuses to bless it).
@@ -45,6 +46,18 @@ def plan_of(train_cfg: Dict[str, Any], log_dir: str, train_steps: int = 0) -> tr
                          backup_dir=train_cfg.get("backup_dir"), log_dir=log_dir, verbose=2)
 
 
+def fit_files(train_files: List[str], eval_files: List[str],
+              train_cfg: Dict[str, Any]) -> List[str]:
+    """The files the fit reads: the train split's, and with ``fit_eval_split`` the
+    eval split's too (a final model on all the data; the Evaluator then scores
+    faces it was fitted on)."""
+    if not train_cfg.get("fit_eval_split"):
+        return list(train_files)
+    log.warning("fit_eval_split: fitting the train and eval splits; the Evaluator's "
+                "figures are on faces the model was trained on")
+    return list(train_files) + list(eval_files)
+
+
 def run_fn(fn_args) -> None:
     """TFX entry point."""
     cc: Dict[str, Any] = fn_args.custom_config
@@ -53,7 +66,9 @@ def run_fn(fn_args) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     cfg["datasets"] = dataset_vocabulary(tft_output)
     plan = plan_of(cc["train"], fn_args.model_run_dir, int(fn_args.train_steps or 0))
-    train = inputs.transformed_source(fn_args.train_files, tft_output, fn_args.data_accessor)
+    train = inputs.transformed_source(fit_files(fn_args.train_files, fn_args.eval_files,
+                                                cc["train"]),
+                                      tft_output, fn_args.data_accessor)
     evals = inputs.transformed_source(fn_args.eval_files, tft_output, fn_args.data_accessor)
     if plan.epochs <= 0:
         log.warning("epochs = 0: exporting the untrained model")

@@ -8,7 +8,8 @@ train, what a model must reach to be blessed, and where it is pushed.
     data: demo_data.yaml                # a data spec (see docs/ingestion.md) or the spec inline
     method: {name: baseline, preset: small, overrides: {}}
     train: {epochs: 3, batch_size: null, seed: 0, deterministic: false, resume: true,
-            train_steps: null, eval_steps: null}   # batch_size null: the method preset's
+            train_steps: null, eval_steps: null,   # batch_size null: the method preset's
+            fit_eval_split: false}   # true: fit train + eval (a final model, see below)
     evaluation: {min_accuracy: 0.3, max_accuracy_drop: 0.05}
     serving_dir: runs/demo/serving      # Pusher writes <serving_dir>/<model_name>/<version>/
     model_name: fer
@@ -37,8 +38,12 @@ _DEFAULTS: Dict[str, Any] = {
     "method": {"name": "baseline", "preset": "small", "overrides": {}},
     # batch_size None: the method preset's. resume: an interrupted Trainer continues
     # from its last epoch (Keras BackupAndRestore under pipeline_root/TrainerBackup).
+    # fit_eval_split: the Trainer fits the eval split too -- the final model of a recipe
+    # chosen by k-fold (CK+ on all its subjects); the Evaluator's figures are then on
+    # faces it trained on, a sanity gate and not an estimate.
     "train": {"epochs": 3, "batch_size": None, "seed": 0, "deterministic": False,
-              "resume": True, "train_steps": None, "eval_steps": None},
+              "resume": True, "train_steps": None, "eval_steps": None,
+              "fit_eval_split": False},
     "evaluation": {"min_accuracy": 0.3, "max_accuracy_drop": 0.05},
     "serving_dir": None,
     "model_name": "fer",

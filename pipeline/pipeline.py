@@ -45,7 +45,8 @@ def train_config(config: RunConfig, cfg: Dict[str, Any], spec: DataSpec) -> Dict
     directory named after everything that decides the fit (data spec, method
     config, train settings), so that a rerun of an interrupted Trainer continues
     and a changed run starts afresh."""
-    train = {k: config.train[k] for k in ("epochs", "batch_size", "seed", "deterministic")}
+    train = {k: config.train[k] for k in ("epochs", "batch_size", "seed", "deterministic",
+                                          "fit_eval_split")}
     train["batch_size"] = int(train["batch_size"] or cfg.get("batch_size", 32))
     if config.train.get("resume"):
         key = json.dumps([spec.to_json(), cfg, train, config.train.get("train_steps")],

@@ -105,3 +105,18 @@ def test_anomaly_gate_reads_and_formats_anomalies(tmp_path):
     assert found == {"train": ["emotion: Unexpectedly large value: 9."]}
     text = format_anomalies(found)
     assert "split train" in text and "emotion" in text
+
+
+def test_fit_eval_split_sends_both_splits_to_the_fit_and_is_off_by_default():
+    from components.ingestion import DataSpec
+    from models.trainer_module import fit_files
+    from pipeline.pipeline import method_config, train_config
+
+    raw = {"data": {"sources": [{"reader": "synthetic", "dataset": "s"}]}}
+    for sets, expected in (([], ["t1", "t2"]), (["train.fit_eval_split=true"],
+                                                 ["t1", "t2", "e1"])):
+        config = load_config(raw=raw, sets=sets)
+        spec = DataSpec.from_dict(config.data, config.data_base_dir)
+        train = train_config(config, method_config(config, spec), spec)
+        assert train["fit_eval_split"] == bool(sets)
+        assert fit_files(["t1", "t2"], ["e1"], train) == expected
