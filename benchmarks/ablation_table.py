@@ -4,6 +4,8 @@ full method's folds of the same protocol, fold by fold.
 
     python benchmarks/ablation_table.py --full docs/results/ckplus48_kfold \\
         --variants docs/results/ckplus48_ablations [--out table.md]
+    python benchmarks/ablation_table.py --by-name \\
+        --full docs/results/fer2013_to_ckplus48_finetune --variants docs/results/ckplus48_kfold
 
 Only folds both sides finished are compared; the table says how many. The two
 folders may be one (a settings file with the method and its variants, e.g.
@@ -32,21 +34,35 @@ def fold_results(folder: str) -> Dict[str, Dict[str, dict]]:
     return out
 
 
-def paired_rows(full_folder: str, variants_folder: str) -> List[dict]:
+def _switch(full_row: dict, variant_row: dict) -> Dict[str, object]:
+    """The settings the variant changes: its overrides that differ from the full
+    method's, and ``pretrain`` when only one side was pre-trained."""
+    base = full_row.get("settings", {}).get("overrides", {})
+    switch = {k: v for k, v in variant_row.get("settings", {}).get("overrides", {}).items()
+              if base.get(k, object()) != v}
+    pre = [r.get("settings", {}).get("pretrain") for r in (full_row, variant_row)]
+    if bool(pre[0]) != bool(pre[1]):
+        switch["pretrain"] = "+".join((pre[1] or {}).get("datasets", [])) or "none"
+    return switch
+
+
+def paired_rows(full_folder: str, variants_folder: str, by_name: bool = False) -> List[dict]:
     """One row per variant: the full method's and the variant's mean accuracy
-    over their common folds, and the paired difference (full − variant)."""
+    over their common folds, and the paired difference (full − variant).
+    ``by_name``: a variant is the run of the same name in the other folder (e.g.
+    fine-tuned from FER2013 against from scratch, the same folds)."""
     full, variants = fold_results(full_folder), fold_results(variants_folder)
     rows = []
     for run, folds in sorted(variants.items()):
-        method = next(iter(folds.values()))["method"]
+        method = run if by_name else next(iter(folds.values()))["method"]
         common = sorted(set(folds) & set(full.get(method, {})))
-        if not common or run == method:
+        if not common or (run == method and not by_name):
             continue
         a = np.array([full[method][f]["accuracy"] for f in common])
         b = np.array([folds[f]["accuracy"] for f in common])
-        base = full[method][common[0]].get("settings", {}).get("overrides", {})
-        overrides = {k: v for k, v in next(iter(folds.values())).get("settings", {}).get(
-            "overrides", {}).items() if base.get(k, object()) != v}      # the switch itself
+        overrides = _switch(full[method][common[0]], folds[common[0]])    # the switch itself
+        if by_name:
+            run = f"{run} ({os.path.basename(os.path.normpath(variants_folder))})"
         rows.append({"method": method, "variant": run, "overrides": overrides,
                      "folds": len(common), "full": float(a.mean()), "full_std": float(a.std()),
                      "without": float(b.mean()), "without_std": float(b.std()),
@@ -86,9 +102,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", required=True, help="committed results folder of the full methods")
     p.add_argument("--variants", required=True, help="committed results folder of the variants")
+    p.add_argument("--by-name", action="store_true",
+                   help="pair each run with the run of the same name in the other folder "
+                        "(e.g. --full docs/results/fer2013_to_ckplus48_finetune --variants "
+                        "docs/results/ckplus48_kfold: pre-trained against from scratch)")
     p.add_argument("--out", help="also write the table to this Markdown file")
     args = p.parse_args(argv)
-    text = markdown(paired_rows(args.full, args.variants))
+    text = markdown(paired_rows(args.full, args.variants, by_name=args.by_name))
     print(text)
     if args.out:
         with open(args.out, "w") as f:

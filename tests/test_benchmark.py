@@ -593,6 +593,28 @@ def test_ablation_table_one_folder_and_paired_landmark_nme(tmp_path):
     assert "| 11.00 / 13.00 % (+2.00 ± 1.00) |" in ablation_table.markdown([row])
 
 
+def test_ablation_table_by_name_pairs_pretrained_runs_with_the_same_runs_from_scratch(
+        tmp_path):
+    from benchmarks import ablation_table
+
+    def put(folder, fold, acc, pretrain=None):
+        d = tmp_path / folder / "sjmt" / fold
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(
+            {"method": "sjmt", "accuracy": acc,
+             "settings": {"overrides": {}, **({"pretrain": pretrain} if pretrain else {})}}))
+
+    for fold, tuned, scratch in (("fold0", 0.9, 0.8), ("fold1", 0.7, 0.8)):
+        put("tuned", fold, tuned, {"datasets": ["fer2013"], "minutes": 10.0})
+        put("scratch", fold, scratch)
+    tuned, scratch = str(tmp_path / "tuned"), str(tmp_path / "scratch")
+    assert ablation_table.paired_rows(tuned, scratch) == []    # a method is not its variant
+    (row,) = ablation_table.paired_rows(tuned, scratch, by_name=True)
+    assert row["variant"] == "sjmt (scratch)" and row["overrides"] == {"pretrain": "none"}
+    assert abs(row["delta"]) < 1e-9 and abs(row["delta_std"] - 0.1) < 1e-9
+    assert row["full_better_folds"] == 1 and row["folds"] == 2
+
+
 def test_code_digest_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch):
     from benchmarks import resume
 
