@@ -124,6 +124,11 @@ def _fmt(v, fmt: str) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
+def _cell(v, fmt: str = "{:.4f}") -> str:
+    """A CSV cell: empty where there is no value."""
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+
 def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "Results",
                 seed_reported: Optional[Mapping[str, str]] = None,
                 notes: Sequence[str] = ()) -> Dict[str, str]:
@@ -183,19 +188,14 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "R
             w.writerow([s["method"], s["preset"], s["image_size"], s["params"], s["folds"],
                         s["epochs"], f"{s['accuracy_mean']:.4f}", f"{s['accuracy_std']:.4f}",
                         f"{s['balanced_mean']:.4f}"]
-                       + [_fmt(s["accuracy_own_labels"], "{:.4f}").replace("—", "")
-                          for _ in own]
-                       + [("" if s["per_class_recall"].get(e) is None
-                           else f"{s['per_class_recall'][e]:.4f}") for e in classes]
-                       + ["" if s["au_mean_accuracy"] is None
-                          else f"{s['au_mean_accuracy']:.4f}",
-                          "" if s["au_mean_f1"] is None else f"{s['au_mean_f1']:.4f}",
-                          "" if s["landmark_nme"] is None else f"{s['landmark_nme']:.4f}"]
-                       + [("" if s["side_accuracy"].get(n) is None
-                           else f"{s['side_accuracy'][n]:.4f}") for n in sides]
-                       + [(f"{s['pretrain']['accuracy']:.4f}" if s["pretrain"]
-                           and s["pretrain"]["test"] == n else "") for n in pre]
-                       + [(f"{s['pretrain']['minutes']:.2f}" if s["pretrain"] else "")
+                       + [_cell(s["accuracy_own_labels"]) for _ in own]
+                       + [_cell(s["per_class_recall"].get(e)) for e in classes]
+                       + [_cell(s[k]) for k in ("au_mean_accuracy", "au_mean_f1",
+                                                "landmark_nme")]
+                       + [_cell(s["side_accuracy"].get(n)) for n in sides]
+                       + [_cell(s["pretrain"]["accuracy"] if s["pretrain"]
+                                and s["pretrain"]["test"] == n else None) for n in pre]
+                       + [_cell(s["pretrain"] and s["pretrain"]["minutes"], "{:.2f}")
                           for _ in pre[:1]]
                        + [f"{s['train_minutes']:.2f}", s["hardware"], s["commit"],
                           seed_reported.get(s["method"], "")])

@@ -412,7 +412,7 @@ def _fake_training(monkeypatch):
     calls = []
 
     def fake(method_name, fold, data, run_dir, preset, overrides, epochs, minutes, seed,
-             figures_on):
+             figures_on, initial_weights=None):
         calls.append(dict(overrides))
         test = fold.test(data)
         emotion, dataset_id = _column(test, "emotion"), _column(test, "dataset_id")
