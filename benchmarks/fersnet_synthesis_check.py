@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks import protocols
 from benchmarks.folds import benchmark_spec, make_folds, prepare_data
-from benchmarks.tables import git_commit, hardware, load_settings
+from benchmarks.tables import git_commit, hardware, load_settings, method_of
 from components import contract
 from components.ingestion import DataSpec
 from models import inputs, metrics
@@ -91,17 +91,19 @@ def _test_arrays(examples) -> Dict[str, np.ndarray]:
 
 
 def check_fold(fold, data, settings: Mapping[str, Mapping[str, Any]], out_dir: str,
-               results_dir: str) -> Dict[str, Any]:
-    """Train (or reuse) FERSNet and the recogniser on ``fold``, score the fakes of
-    its test faces; returns the fold's row (also written to ``RESULTS/<fold>/``)."""
+               results_dir: str, fersnet_run: str = "fersnet") -> Dict[str, Any]:
+    """Train (or reuse) FERSNet (the settings entry ``fersnet_run``, a variant
+    allowed) and the recogniser on ``fold``, score the fakes of its test faces;
+    returns the fold's row (also written to ``RESULTS/<fold>/``)."""
     runs = {}
-    for name in ("fersnet", "baseline"):
+    for key, name in (("fersnet", fersnet_run), ("baseline", "baseline")):
         s = settings[name]
-        runs[name] = protocols.run_one(
-            name, fold, data, os.path.join(out_dir, "runs", name, fold.name),
+        runs[key] = protocols.run_one(
+            method_of(name, s), fold, data, os.path.join(out_dir, "runs", name, fold.name),
             preset=s.get("preset", "small"), overrides=s.get("overrides", {}),
-            epochs=s.get("epochs"), minutes=s.get("minutes"), figures_on=False)
-    _, fersnet, _ = protocols.load_run_model(os.path.join(out_dir, "runs", "fersnet", fold.name))
+            epochs=s.get("epochs"), minutes=s.get("minutes"), figures_on=False, run_name=name)
+    _, fersnet, _ = protocols.load_run_model(os.path.join(out_dir, "runs", fersnet_run,
+                                                          fold.name))
     method, recogniser, cfg = protocols.load_run_model(
         os.path.join(out_dir, "runs", "baseline", fold.name))
     infer = method.inference_model(recogniser, cfg)
@@ -110,7 +112,9 @@ def check_fold(fold, data, settings: Mapping[str, Mapping[str, Any]], out_dir: s
     fakes = synthesize(fersnet, test["image"][jobs[:, 0]], jobs[:, 1])
     p_fake = np.concatenate([np.asarray(infer(fakes[i:i + 256], training=False)["probabilities"])
                              for i in range(0, len(fakes), 256)])
-    row = {"fold": fold.name, "test_faces": int(len(test["emotion"])),
+    row = {"fold": fold.name, "fersnet_run": fersnet_run,
+           "fersnet_overrides": dict(settings[fersnet_run].get("overrides") or {}),
+           "test_faces": int(len(test["emotion"])),
            **synthesis_accuracy(p_fake, jobs[:, 1], test["emotion"][jobs[:, 0]],
                                 test["emotion_mask"]),
            "recogniser_accuracy_real": runs["baseline"]["accuracy"],
@@ -144,8 +148,9 @@ def write_table(results_dir: str) -> str:
         if os.path.exists(path):
             with open(path) as f:
                 rows.append(json.load(f))
+    runs = sorted({r.get("fersnet_run", "fersnet") for r in rows})
     lines = ["# FERSNet Table V check: the recogniser's accuracy on synthesised test faces",
-             "", "| fold | test faces | fakes | accuracy on fakes | still the source's "
+             "", f"FERSNet run: {', '.join(runs)}.", "", "| fold | test faces | fakes | accuracy on fakes | still the source's "
              "expression | recogniser on real faces | FERSNet recognition | chance |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -174,25 +179,30 @@ def main(argv=None) -> int:
                    help="benchmark settings with 'fersnet' and 'baseline' (the recogniser)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--folds", type=int, help="only the first N folds")
+    p.add_argument("--fersnet", default="fersnet",
+                   help="the settings entry of the FERSNet run (a variant allowed, e.g. "
+                        "fersnet-papers_decoder)")
     p.add_argument("--out", required=True, help="working folder (resumable)")
     p.add_argument("--results", required=True, help="committed results folder")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.settings)["methods"]
-    missing = sorted({"fersnet", "baseline"} - set(settings))
+    missing = sorted({args.fersnet, "baseline"} - set(settings))
     if missing:
         p.error(f"{args.settings}: no settings for {missing}")
-    sizes = {n: int(get_method(n).config(settings[n].get("preset", "small"),
-                                         **(settings[n].get("overrides") or {}))["image_size"])
-             for n in ("fersnet", "baseline")}
+    if method_of(args.fersnet, settings[args.fersnet]) != "fersnet":
+        p.error(f"--fersnet {args.fersnet}: not a FERSNet run")
+    sizes = {n: int(get_method(method_of(n, settings[n])).config(
+        settings[n].get("preset", "small"), **(settings[n].get("overrides") or {}))["image_size"])
+        for n in (args.fersnet, "baseline")}
     if len(set(sizes.values())) != 1:
         p.error(f"FERSNet and the recogniser need one input size, got {sizes}")
-    size = sizes["fersnet"]
+    size = sizes[args.fersnet]
     data = prepare_data(benchmark_spec(DataSpec.load(args.data), "kfold", args.k),
                         os.path.join(args.out, "data"), size)
     folds = make_folds(data, "kfold", args.k)[:args.folds or None]
     for fold in folds:
-        row = check_fold(fold, data, settings, args.out, args.results)
+        row = check_fold(fold, data, settings, args.out, args.results, args.fersnet)
         log.info("%s: %.1f %% of %d fakes read as their target (recogniser on real faces "
                  "%.1f %%)", fold.name, 100 * row["accuracy"], row["pairs"],
                  100 * row["recogniser_accuracy_real"])

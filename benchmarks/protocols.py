@@ -449,10 +449,15 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
                 seed=seed, figures_on=figures_on, provenance=provenance,
                 redo_figures=redo_figures and figures_on, results_dir=results_dir,
                 run_name=name, pretrain=pretrain))
+    pretrained = sorted({"+".join(settings[n]["pretrain"]["datasets"]) for n in names
+                         if settings[n].get("pretrain")})
+
     def notes(folds: Sequence[Fold]) -> List[str]:
         return [f"Protocol: {protocol} ({'; '.join(f.describe() for f in folds)}).",
                 f"Data: {counts.get('total', '?')} faces after ingestion, "
-                f"{counts.get('quarantined', 0)} inputs quarantined."]
+                f"{counts.get('quarantined', 0)} inputs quarantined."] + [
+            f"Pre-trained runs: fitted on {d}'s train split first, then each fold trains on "
+            f"its train side less {d} (each fold's `train_images`)." for d in pretrained]
 
     table = write_table(rows, out_dir, title=f"fermtl benchmark — {protocol}",
                         seed_reported=seed_reported, notes=notes(first))

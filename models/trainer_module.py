@@ -88,6 +88,7 @@ def run_fn(fn_args) -> None:
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"config": cfg, "epochs": plan.epochs,
+                   "fit_eval_split": bool(cc["train"].get("fit_eval_split")),
                    "steps_per_epoch": fitted.steps_per_epoch, "num_train": fitted.num_train,
                    "history": {k: [float(x) for x in v] for k, v in history.items()}},
                   f, indent=2, default=str)

@@ -162,7 +162,12 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
             hist = json.load(f)
         cfg = hist.get("config", {})
         facts.append(f"method: `{cfg.get('method')}` preset `{cfg.get('preset')}`, "
-                     f"{hist.get('epochs')} epochs x {hist.get('steps_per_epoch')} steps")
+                     f"{hist.get('epochs')} epochs x {hist.get('steps_per_epoch')} steps"
+                     f" on {hist.get('num_train')} training faces")
+        if hist.get("fit_eval_split"):
+            facts.append("**the eval split was fitted too** (`train.fit_eval_split`): the "
+                         "figures below are on faces the model trained on, a sanity gate, "
+                         "not an estimate")
     if found["quarantine"]:
         qpath = os.path.join(found["quarantine"], "quarantine.json")
         if os.path.exists(qpath):

@@ -153,6 +153,7 @@ def test_benchmark_pretrains_once_then_finetunes_every_fold(prepared, bench_dir,
         assert f"{WIDE}.eval" in row["side_scores"]
     table = (committed / "results.md").read_text()
     assert f"pre-trained, {WIDE}.eval acc." in table and "pre-train min" in table
+    assert f"Pre-trained runs: fitted on {WIDE}'s train split first" in table
 
     # another pre-training budget is another fingerprint: the folds rerun on it
     before = json.loads((committed / "baseline" / "fold0" / "result.json").read_text())

@@ -49,8 +49,10 @@ def test_the_check_trains_both_and_writes_the_fold(tmp_path):
                                      "emotions": ["anger", "happiness", "surprise"]}}],
             "split": {"eval_fraction": 0.34, "seed": 0}, "image_size": 32, "detector": "none"}
     settings = {"methods": {
-        "fersnet": {"preset": "small", "epochs": 1,
-                    "overrides": {"image_size": 32, "pair_within": "subject", "batch_size": 4}},
+        # a named FERSNet variant (--fersnet), as the paper's-decoder run is
+        "fersnet-v": {"method": "fersnet", "preset": "small", "epochs": 1,
+                      "overrides": {"image_size": 32, "pair_within": "subject", "batch_size": 4,
+                                    "residual_output": False}},
         "baseline": {"preset": "small", "epochs": 1,
                      "overrides": {"image_size": 32, "batch_size": 4}}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -58,8 +60,10 @@ def test_the_check_trains_both_and_writes_the_fold(tmp_path):
     results = tmp_path / "results"
     assert C.main(["--data", str(tmp_path / "spec.yaml"), "--settings",
                    str(tmp_path / "settings.yaml"), "--k", "3", "--folds", "1",
-                   "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+                   "--out", str(tmp_path / "out"), "--results", str(results),
+                   "--fersnet", "fersnet-v"]) == 0
     row = json.loads((results / "fold0" / "result.json").read_text())
+    assert row["fersnet_run"] == "fersnet-v" and row["fersnet_overrides"]["residual_output"] is False
     assert row["pairs"] == 2 * row["test_faces"]          # 3 classes: two targets a face
     assert 0.0 <= row["accuracy"] <= 1.0 and row["chance"] == 1 / 3
     assert 0.0 <= row["recogniser_accuracy_real"] <= 1.0
