@@ -46,7 +46,6 @@ from components.ingestion import DataSpec
 from models import inputs, metrics
 from models.fersnet import synthesize
 from models.fersnet.fes import fes_jobs
-from models.registry import get_method
 from pipeline import figures
 
 log = logging.getLogger("fermtl.synthesis_check")
@@ -150,8 +149,9 @@ def write_table(results_dir: str) -> str:
                 rows.append(json.load(f))
     runs = sorted({r.get("fersnet_run", "fersnet") for r in rows})
     lines = ["# FERSNet Table V check: the recogniser's accuracy on synthesised test faces",
-             "", f"FERSNet run: {', '.join(runs)}.", "", "| fold | test faces | fakes | accuracy on fakes | still the source's "
-             "expression | recogniser on real faces | FERSNet recognition | chance |",
+             "", f"FERSNet run: {', '.join(runs)}.", "",
+             "| fold | test faces | fakes | accuracy on fakes | still the source's expression "
+             "| recogniser on real faces | FERSNet recognition | chance |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['fold']} | {r['test_faces']} | {r['pairs']} | {r['accuracy']:.1%} "
@@ -192,9 +192,8 @@ def main(argv=None) -> int:
         p.error(f"{args.settings}: no settings for {missing}")
     if method_of(args.fersnet, settings[args.fersnet]) != "fersnet":
         p.error(f"--fersnet {args.fersnet}: not a FERSNet run")
-    sizes = {n: int(get_method(method_of(n, settings[n])).config(
-        settings[n].get("preset", "small"), **(settings[n].get("overrides") or {}))["image_size"])
-        for n in (args.fersnet, "baseline")}
+    sizes = {n: protocols.input_size(method_of(n, settings[n]), settings[n])
+             for n in (args.fersnet, "baseline")}
     if len(set(sizes.values())) != 1:
         p.error(f"FERSNet and the recogniser need one input size, got {sizes}")
     size = sizes[args.fersnet]

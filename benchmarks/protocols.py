@@ -363,6 +363,12 @@ def redo_run_figures(row: Dict[str, Any], fold: Fold, data: PreparedData,
     return row
 
 
+def input_size(method_name: str, setting: Mapping[str, Any], preset: str = "small") -> int:
+    """The input size a run's setting (``preset`` / ``overrides``) gives its method."""
+    return int(get_method(method_name).config(
+        setting.get("preset", preset), **(setting.get("overrides") or {}))["image_size"])
+
+
 def _pretrain_of(name: str, setting: Mapping[str, Any], data: PreparedData,
                  folds: Sequence[Fold], out_dir: str):
     """``(Pretrain, fine-tuning folds)`` of a run with a ``pretrain`` setting."""
@@ -414,9 +420,7 @@ def run_benchmark(spec, out_dir: str, methods="all", protocol: str = "holdout", 
     spec = benchmark_spec(DataSpec.load(spec), protocol, k)
     settings = {n: dict((method_settings or {}).get(n, {})) for n in names}
     method_names = {n: method_of(n, settings[n]) for n in names}
-    sizes = {n: int(get_method(method_names[n]).config(
-        settings[n].get("preset", preset), **(settings[n].get("overrides") or {}))["image_size"])
-        for n in names}
+    sizes = {n: input_size(method_names[n], settings[n], preset) for n in names}
     prepared: Dict[int, PreparedData] = {}
     folds_of: Dict[int, List[Fold]] = {}
     every_fold: Dict[int, List[Fold]] = {}    # folds_of before --folds
