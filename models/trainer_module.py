@@ -5,9 +5,12 @@ signatures embed the Transform graph.
 ``custom_config`` (set by ``pipeline/pipeline.py``): ``method`` (the resolved
 method config: ``method``, ``preset``, ``image_size`` ...) and ``train``
 (``epochs``, ``batch_size``, ``seed``, ``deterministic``, ``fit_eval_split``,
-``backup_dir``).
-``cfg["datasets"]`` is Transform's dataset vocabulary. ``TrainArgs.num_steps``
-> 0 caps the steps (spread over the epochs); 0 means full passes. ``epochs: 0``
+``backup_dir``). A warm start (``train.base_model``) arrives as the Trainer's
+``base_model`` input and fits from its weights (:func:`base_weights`).
+``cfg["datasets"]`` is Transform's dataset vocabulary. Beside the SavedModel the
+Model artifact holds the fitted weights (:data:`WEIGHTS_FILE`, Keras
+``.weights.h5``), which a later run can start from (``train.base_model``).
+``TrainArgs.num_steps`` > 0 caps the steps (spread over the epochs); 0 means full passes. ``epochs: 0``
 exports the untrained model (used to prove the Evaluator refuses to bless it).
 """
 
@@ -17,7 +20,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -28,6 +31,16 @@ from models.transform_module import DATASET_VOCABULARY
 
 log = logging.getLogger(__name__)
 
+# The fitted training model's weights, relative to the Model artifact's directory.
+WEIGHTS_FILE = os.path.join("Format-Keras", "model.weights.h5")
+# What a warm start's base model must share with the run (the rest may differ).
+ARCHITECTURE_KEYS = ("method", "preset", "image_size")
+
+
+def weights_path(model_uri: str) -> str:
+    """Where a Trainer's Model artifact at ``model_uri`` keeps its fitted weights."""
+    return os.path.join(model_uri, WEIGHTS_FILE)
+
 
 def dataset_vocabulary(tft_output: tft.TFTransformOutput) -> List[str]:
     """The dataset names behind ``dataset_id``, in vocabulary order."""
@@ -35,15 +48,38 @@ def dataset_vocabulary(tft_output: tft.TFTransformOutput) -> List[str]:
             for v in tft_output.vocabulary_by_name(DATASET_VOCABULARY)]
 
 
-def plan_of(train_cfg: Dict[str, Any], log_dir: str, train_steps: int = 0) -> training.Plan:
+def plan_of(train_cfg: Dict[str, Any], log_dir: str, train_steps: int = 0,
+            initial_weights: Optional[str] = None) -> training.Plan:
     """The core's :class:`~models.training.Plan` from a run config's ``train``
-    section; ``train_steps`` > 0 caps the steps (spread over the epochs)."""
+    section; ``train_steps`` > 0 caps the steps (spread over the epochs);
+    ``initial_weights``: a warm start's ``.weights.h5``."""
     epochs = int(train_cfg.get("epochs", 1))
     steps = math.ceil(train_steps / max(epochs, 1)) if train_steps and train_steps > 0 else None
     return training.Plan(epochs=epochs, batch_size=train_cfg.get("batch_size"),
                          steps_per_epoch=steps, seed=int(train_cfg.get("seed") or 0),
                          deterministic=bool(train_cfg.get("deterministic")),
-                         backup_dir=train_cfg.get("backup_dir"), log_dir=log_dir, verbose=2)
+                         backup_dir=train_cfg.get("backup_dir"), log_dir=log_dir, verbose=2,
+                         initial_weights=initial_weights)
+
+
+def base_weights(base_model: Optional[str], cfg: Dict[str, Any]) -> Optional[str]:
+    """The ``.weights.h5`` a warm start loads: that of the Trainer's ``base_model``
+    input (``fn_args.base_model``, the base Model artifact's SavedModel folder),
+    or ``None`` without one. Raises ``ValueError`` when the base model is
+    another method, preset or input size than ``cfg`` (its weights would not fit)."""
+    if not base_model:
+        return None
+    base_cfg = export.load_config(base_model)
+    differ = {k: (base_cfg.get(k), cfg.get(k)) for k in ARCHITECTURE_KEYS
+              if base_cfg.get(k) != cfg.get(k)}
+    if differ:
+        raise ValueError(f"train.base_model {base_model} is another network than this run's: "
+                         + ", ".join(f"{k} {a!r} there, {b!r} here"
+                                     for k, (a, b) in differ.items()))
+    path = weights_path(os.path.dirname(base_model.rstrip("/")))
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"train.base_model {base_model}: no fitted weights at {path}")
+    return path
 
 
 def fit_files(train_files: List[str], eval_files: List[str],
@@ -65,7 +101,10 @@ def run_fn(fn_args) -> None:
     method = get_method(cfg["method"])
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     cfg["datasets"] = dataset_vocabulary(tft_output)
-    plan = plan_of(cc["train"], fn_args.model_run_dir, int(fn_args.train_steps or 0))
+    plan = plan_of(cc["train"], fn_args.model_run_dir, int(fn_args.train_steps or 0),
+                   base_weights(fn_args.base_model, cfg))
+    if plan.initial_weights:
+        log.info("warm start from %s", plan.initial_weights)
     train = inputs.transformed_source(fit_files(fn_args.train_files, fn_args.eval_files,
                                                 cc["train"]),
                                       tft_output, fn_args.data_accessor)
@@ -81,13 +120,16 @@ def run_fn(fn_args) -> None:
 
     export.export_saved_model(method, fitted.model, cfg, fn_args.serving_model_dir,
                               preprocess=preprocess, extra_trackables={"tft_layer": tft_layer})
+    weights = weights_path(os.path.dirname(fn_args.serving_model_dir.rstrip("/")))
+    os.makedirs(os.path.dirname(weights), exist_ok=True)
+    fitted.model.save_weights(weights)
     if plan.backup_dir and tf.io.gfile.exists(plan.backup_dir):   # exported: nothing to resume
         tf.io.gfile.rmtree(plan.backup_dir)
     history = dict(fitted.history.history)
     history.update({f"post_fit_{k}": v for k, v in fitted.post_fit_history.items()})
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-        json.dump({"config": cfg, "epochs": plan.epochs,
+        json.dump({"config": cfg, "epochs": plan.epochs, "base_model": fn_args.base_model,
                    "fit_eval_split": bool(cc["train"].get("fit_eval_split")),
                    "steps_per_epoch": fitted.steps_per_epoch, "num_train": fitted.num_train,
                    "history": {k: [float(x) for x in v] for k, v in history.items()}},

@@ -3,11 +3,14 @@
 ``fermtl benchmark`` prepares its data with the pipeline's own components
 (FaceIngestion ... Transform, cached by MLMD) and then trains on their output
 artifacts exactly as the Trainer does: :func:`latest_outputs` finds them and
-:func:`data_accessor` builds the ``DataAccessor`` TFX gives the Trainer.
+:func:`data_accessor` builds the ``DataAccessor`` TFX gives the Trainer. A warm
+start (``train.base_model``) finds an earlier run's blessed model with
+:func:`base_model_uri`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 from ml_metadata.metadata_store import metadata_store
@@ -68,3 +71,35 @@ def data_accessor(examples: List[Artifact], component: str = "Benchmark") -> Dat
 def split_pattern(examples: List[Artifact], split: str) -> List[str]:
     """File patterns of one split of ``examples`` artifacts."""
     return [f"{uri}/*" for uri in artifact_utils.get_split_uris(examples, split)]
+
+
+def latest_blessed_model(metadata_path: str) -> str:
+    """The URI of the newest Model artifact the run's Evaluator blessed (the
+    ``current_model_id`` of a ModelBlessing with ``blessed = 1``)."""
+    db = store(metadata_path)
+    blessed = [b.custom_properties["current_model_id"].int_value
+               for b in db.get_artifacts_by_type("ModelBlessing")
+               if b.custom_properties["blessed"].int_value == 1
+               and "current_model_id" in b.custom_properties]
+    if not blessed:
+        raise LookupError(f"{metadata_path}: no blessed model")
+    (model,) = db.get_artifacts_by_id([max(blessed)])
+    return model.uri
+
+
+def base_model_uri(path: str, weights_file: str) -> str:
+    """The Model artifact folder a warm-started run starts from (``train.base_model``):
+    ``path`` itself when it holds ``weights_file`` (a Trainer's Model artifact), else
+    the newest blessed model of the run whose ``pipeline_root`` is ``path``. Raises
+    ``LookupError`` naming what is missing."""
+    if os.path.exists(os.path.join(path, weights_file)):
+        return path
+    metadata = os.path.join(path, "metadata.sqlite")
+    if not os.path.exists(metadata):
+        raise LookupError(f"{path} is neither a Model artifact (no {weights_file}) nor a "
+                          "pipeline root (no metadata.sqlite); run that pipeline first")
+    uri = latest_blessed_model(metadata)
+    if not os.path.exists(os.path.join(uri, weights_file)):
+        raise LookupError(f"{path}: its latest blessed model {uri} has no {weights_file} "
+                          "(trained before the Trainer saved its weights); rerun that pipeline")
+    return uri

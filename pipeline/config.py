@@ -9,7 +9,8 @@ train, what a model must reach to be blessed, and where it is pushed.
     method: {name: baseline, preset: small, overrides: {}}
     train: {epochs: 3, batch_size: null, seed: 0, deterministic: false, resume: true,
             train_steps: null, eval_steps: null,   # batch_size null: the method preset's
-            fit_eval_split: false}   # true: fit train + eval (a final model, see below)
+            fit_eval_split: false,   # true: fit train + eval (a final model, see below)
+            base_model: null}        # warm start: an earlier run's pipeline_root (see below)
     evaluation: {min_accuracy: 0.3, max_accuracy_drop: 0.05}
     serving_dir: runs/demo/serving      # Pusher writes <serving_dir>/<model_name>/<version>/
     model_name: fer
@@ -41,9 +42,12 @@ _DEFAULTS: Dict[str, Any] = {
     # fit_eval_split: the Trainer fits the eval split too -- the final model of a recipe
     # chosen by k-fold (CK+ on all its subjects); the Evaluator's figures are then on
     # faces it trained on, a sanity gate and not an estimate.
+    # base_model: start from another run's fitted weights (a warm start, fresh
+    # optimizer): its pipeline_root (the newest model its Evaluator blessed) or a
+    # Trainer Model artifact folder; same method, preset and image size.
     "train": {"epochs": 3, "batch_size": None, "seed": 0, "deterministic": False,
               "resume": True, "train_steps": None, "eval_steps": None,
-              "fit_eval_split": False},
+              "fit_eval_split": False, "base_model": None},
     "evaluation": {"min_accuracy": 0.3, "max_accuracy_drop": 0.05},
     "serving_dir": None,
     "model_name": "fer",
@@ -186,9 +190,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         raise ConfigError(f"config.method.name: unknown method {cfg['method']['name']!r}; "
                           f"choose from {list(method_names())}")
     root = resolve(cfg["pipeline_root"])
+    train = dict(cfg["train"])
+    if train["base_model"]:
+        train["base_model"] = resolve(str(train["base_model"]))
     return RunConfig(
         name=cfg["name"], pipeline_root=root, data=data, data_base_dir=data_base,
-        method=cfg["method"], train=cfg["train"], evaluation=cfg["evaluation"],
+        method=cfg["method"], train=train, evaluation=cfg["evaluation"],
         serving_dir=resolve(cfg["serving_dir"]) if cfg["serving_dir"]
         else f"{root.rstrip('/')}/serving",
         model_name=cfg["model_name"], beam_args=list(cfg["beam_args"]),
@@ -226,7 +233,29 @@ def preflight(config: RunConfig) -> None:
                                   f"path{where} or pass --set data.sources.{i}.{field}=PATH")
     m = config.method
     try:
-        get_method(m["name"]).config(m.get("preset", "small"), **(m.get("overrides") or {}))
+        cfg = get_method(m["name"]).config(m.get("preset", "small"),
+                                           **(m.get("overrides") or {}))
     except ValueError as err:
         raise ConfigError(f"method: {err} (set method.preset / method.overrides{where})") \
             from None
+    if config.train.get("base_model"):
+        base_model_uri(config.train["base_model"], cfg)
+
+
+def base_model_uri(path: str, cfg: Dict[str, Any]) -> str:
+    """The Model artifact a warm start (``train.base_model``) starts from, checked
+    against the run's method config ``cfg``; :class:`ConfigError` when there is
+    none or its network is another."""
+    from tfx.utils import path_utils
+
+    from models import trainer_module
+    from pipeline import artifacts
+
+    if "://" in path:        # object storage (Kubeflow): checked by the Trainer
+        return path
+    try:
+        uri = artifacts.base_model_uri(path, trainer_module.WEIGHTS_FILE)
+        trainer_module.base_weights(path_utils.serving_model_path(uri), cfg)
+    except (LookupError, ValueError) as err:
+        raise ConfigError(f"train.base_model: {err}") from None
+    return uri

@@ -3,6 +3,8 @@
 FaceIngestion (Beam) -> StatisticsGen -> ImportSchemaGen (curated contract
 schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer (any method)
 -> Evaluator (TFMA slices, blessing against the last blessed model) -> Pusher.
+With ``train.base_model`` an Importer feeds the Trainer's ``base_model`` (a warm
+start from an earlier run's blessed model).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from components.ingestion import FaceIngestion
 from components.ingestion.spec import DataSpec
 from models.registry import get_method
 from pipeline import schema as contract_schema
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, base_model_uri
 
 TRANSFORM_FN = "models.transform_module.preprocessing_fn"
 TRAINER_FN = "models.trainer_module.run_fn"
@@ -49,8 +51,10 @@ def train_config(config: RunConfig, cfg: Dict[str, Any], spec: DataSpec) -> Dict
                                           "fit_eval_split")}
     train["batch_size"] = int(train["batch_size"] or cfg.get("batch_size", 32))
     if config.train.get("resume"):
-        key = json.dumps([spec.to_json(), cfg, train, config.train.get("train_steps")],
-                         sort_keys=True, default=str)
+        parts = [spec.to_json(), cfg, train, config.train.get("train_steps")]
+        if config.train.get("base_model"):        # another base model: start afresh
+            parts.append(config.train["base_model"])
+        key = json.dumps(parts, sort_keys=True, default=str)
         train["backup_dir"] = os.path.join(config.pipeline_root, "TrainerBackup",
                                            hashlib.sha256(key.encode()).hexdigest()[:16])
     return train
@@ -135,11 +139,17 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
     ingestion, schema, transform = data[0], data[2], data[-1]
 
     train = config.train
+    warm_start = []
+    if train.get("base_model"):     # the Trainer's base_model: an earlier run's fitted model
+        warm_start = [tfx.dsl.Importer(
+            source_uri=base_model_uri(train["base_model"], cfg),
+            artifact_type=tfx.types.standard_artifacts.Model).with_id("base_model_importer")]
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema.outputs["schema"],
+        base_model=warm_start[0].outputs["result"] if warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=int(train["train_steps"] or 0)),
         eval_args=tfx.proto.EvalArgs(num_steps=int(train["eval_steps"] or 0)),
         custom_config={"method": cfg, "train": train_config(config, cfg, spec)})
@@ -158,7 +168,7 @@ def create_pipeline(config: RunConfig, enable_cache: bool = True,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_dir)))
 
-    components: List = data + [trainer, baseline, evaluator, pusher]
+    components: List = data + warm_start + [trainer, baseline, evaluator, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,

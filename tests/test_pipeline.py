@@ -147,6 +147,14 @@ def test_untrained_model_is_not_blessed_nor_pushed(good_run):
     assert os.path.exists(os.path.join(blessings[-1], "NOT_BLESSED"))
     assert not latest_push(bad.metadata_path)["pushed"]
     assert glob.glob(os.path.join(bad.push_dir, "*", "saved_model.pb")) == pushed_before
+    # A warm start from this root takes the blessed model, not this newer one.
+    from models import trainer_module
+    from pipeline import artifacts
+
+    (newest,) = artifacts.latest_outputs(bad.metadata_path, "Trainer")["model"]
+    base = artifacts.base_model_uri(bad.pipeline_root, trainer_module.WEIGHTS_FILE)
+    assert not _is_the_pushed_model(newest.uri, good_run)
+    assert base != newest.uri and _is_the_pushed_model(base, good_run)
 
 
 def test_anomaly_stops_the_run(tmp_path):
@@ -198,10 +206,12 @@ def test_trainer_module_runs_fersnet_fes_augmentation(good_run, tmp_path):
     assert history["post_fit_cls_loss"] and history["cls_loss"]
 
 
-def _run_trainer_module(good_run, method_name, overrides, tmp_path):
-    """run_fn for ``method_name`` (small preset at 48 px + ``overrides``, 2 steps)
-    on the good run's Transform output, with the DataAccessor TFX builds;
-    checks the export serves raw images."""
+def _run_trainer_module(good_run, method_name, overrides, tmp_path,
+                        train=None, base_model=None):
+    """run_fn for ``method_name`` (small preset at 48 px + ``overrides``, 2 steps;
+    ``train``: the custom config's train section, ``base_model``: the Trainer's
+    base_model input) on the good run's Transform output, with the DataAccessor
+    TFX builds; checks the export serves raw images."""
     import tensorflow as tf
     from tfx.components.trainer.fn_args_utils import FnArgs
 
@@ -220,7 +230,8 @@ def _run_trainer_module(good_run, method_name, overrides, tmp_path):
         data_accessor=artifacts.data_accessor(examples),
         train_steps=2, eval_steps=1, transform_output=transform["transform_graph"][0].uri,
         serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
-        custom_config={"method": cfg, "train": {"epochs": 1, "batch_size": 16}}))
+        base_model=base_model,
+        custom_config={"method": cfg, "train": train or {"epochs": 1, "batch_size": 16}}))
     loaded = tf.saved_model.load(serving_dir)
     images = [s.image for s in synthetic.generate(n_subjects=1, samples_per_emotion=1,
                                                   domains=("wild",), size=64, seed=5)][:3]
@@ -273,3 +284,110 @@ def test_benchmark_and_run_give_the_same_accuracy(good_run, tmp_path):
     (row,) = result["rows"]
     assert row["train_images"] > 0 and row["test_images"] > 0
     assert row["accuracy"] == pytest.approx(good_run.tfma_accuracy, abs=0.005)
+
+
+# --- warm start (train.base_model) -------------------------------------------------
+
+def _is_the_pushed_model(model_uri, good_run):
+    """Whether the Model artifact at ``model_uri`` is the one the good run pushed
+    (its SavedModel's variables are byte-equal to the pushed copy's)."""
+    import filecmp
+
+    from tfx.utils import path_utils
+
+    name = os.path.join("variables", "variables.data-00000-of-00001")
+    return filecmp.cmp(os.path.join(path_utils.serving_model_path(model_uri), name),
+                       os.path.join(good_run.first_push, name), shallow=False)
+
+
+def _network_weights(model):
+    """Variable path -> value of a built model's network (not its optimizer),
+    the label set left out."""
+    from models.training import LABEL_SET
+
+    return {v.path: v.numpy() for v in model.weights
+            if v.name != LABEL_SET and "optimizer" not in v.path}
+
+
+def test_the_model_artifact_keeps_the_fitted_weights(good_run):
+    """Beside the SavedModel, the Trainer's Model artifact holds the fitted
+    weights, loadable (shapes checked) into a new model of the run's method."""
+    from models import trainer_module, training
+    from models.registry import get_method
+    from pipeline import artifacts
+
+    (model,) = artifacts.latest_outputs(good_run.metadata_path, "Trainer")["model"]
+    path = trainer_module.weights_path(model.uri)
+    assert os.path.exists(path)
+    built = get_method("baseline").build(get_method("baseline").config("small"))
+    training.restore(built, path)
+
+
+def test_base_model_is_the_latest_blessed_model(good_run):
+    """A pipeline root as ``train.base_model`` names the model its Evaluator
+    blessed last (the pushed one); a Model artifact folder names itself. That
+    it is not merely the newest model: test_untrained_model_is_not_blessed_nor_pushed."""
+    from models import trainer_module
+    from pipeline import artifacts
+
+    uri = artifacts.base_model_uri(good_run.pipeline_root, trainer_module.WEIGHTS_FILE)
+    assert _is_the_pushed_model(uri, good_run)
+    (newest,) = artifacts.latest_outputs(good_run.metadata_path, "Trainer")["model"]
+    assert artifacts.base_model_uri(newest.uri, trainer_module.WEIGHTS_FILE) == newest.uri
+
+
+def test_warm_start_fits_from_the_base_models_weights(good_run, tmp_path):
+    """run_fn with a base_model input and 0 epochs exports the base model's
+    network weights unchanged; without one, a fresh initialisation."""
+    from tfx.utils import path_utils
+
+    from models import trainer_module, training
+    from models.registry import get_method
+    from pipeline import artifacts
+
+    base = artifacts.base_model_uri(good_run.pipeline_root, trainer_module.WEIGHTS_FILE)
+    method = get_method("baseline")
+    cfg = method.config("small", image_size=48)
+    weights = {}
+    for name, base_model in (("warm", path_utils.serving_model_path(base)), ("cold", None)):
+        _run_trainer_module(good_run, "baseline", {}, tmp_path / name,
+                            train={"epochs": 0, "batch_size": 16}, base_model=base_model)
+        model = method.build(dict(cfg))
+        training.restore(model, trainer_module.weights_path(str(tmp_path / name)))
+        weights[name] = _network_weights(model)
+    model = method.build(dict(cfg))
+    training.restore(model, trainer_module.weights_path(base))
+    expected = _network_weights(model)
+    assert weights["warm"].keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(weights["warm"][key], value, err_msg=key)
+    assert any(not np.array_equal(weights["cold"][k], v) for k, v in expected.items())
+
+
+def test_warm_start_refuses_another_network_or_no_model(good_run, tmp_path):
+    from models.registry import get_method
+    from pipeline.config import ConfigError, base_model_uri
+
+    paper = get_method("baseline").config("paper")
+    with pytest.raises(ConfigError, match="preset 'small' there, 'paper' here"):
+        base_model_uri(good_run.pipeline_root, paper)
+    with pytest.raises(ConfigError, match="neither a Model artifact"):
+        base_model_uri(str(tmp_path), paper)
+
+
+def test_pipeline_imports_the_base_model_for_the_trainer(good_run, tmp_path):
+    """``train.base_model`` adds an Importer whose Model feeds the Trainer's
+    ``base_model``; the backup folder changes with it."""
+    from pipeline.pipeline import create_pipeline
+
+    warm = _config(tmp_path, train={"epochs": 1, "batch_size": 32,
+                                    "base_model": good_run.pipeline_root})
+    nodes = {c.id: c for c in create_pipeline(warm).components}
+    importer = nodes["base_model_importer"]
+    assert nodes["Trainer"].inputs["base_model"].producer_component_id == importer.id
+    assert _is_the_pushed_model(importer.exec_properties["artifact_uri"], good_run)
+    cold = _config(tmp_path, train={"epochs": 1, "batch_size": 32})
+    assert "base_model_importer" not in {c.id for c in create_pipeline(cold).components}
+    assert (nodes["Trainer"].exec_properties["custom_config"]
+            != {c.id: c for c in create_pipeline(cold).components}["Trainer"]
+            .exec_properties["custom_config"])

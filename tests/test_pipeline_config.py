@@ -36,9 +36,11 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path / "sub" / "data.yaml").write_text(yaml.safe_dump({"sources": [
         {"reader": "synthetic", "dataset": "s"}]}))
     (tmp_path / "sub" / "run.yaml").write_text(yaml.safe_dump(
-        {"pipeline_root": "../root", "data": "data.yaml"}))
+        {"pipeline_root": "../root", "data": "data.yaml",
+         "train": {"base_model": "../pretrain_root"}}))
     cfg = load_config(str(tmp_path / "sub" / "run.yaml"))
     assert cfg.pipeline_root == str(tmp_path / "root")
+    assert cfg.train["base_model"] == str(tmp_path / "pretrain_root")
     assert cfg.data_base_dir == str(tmp_path / "sub")
     assert cfg.serving_dir == str(tmp_path / "root" / "serving")
 
