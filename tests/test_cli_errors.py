@@ -39,6 +39,8 @@ def run_yaml(tmp_path):
      "method: baseline: unknown preset 'huge'"),
     (["--set", "method.overrides.nope=1", "--set", "data.sources.0.path={tmp}"],
      "unknown config keys ['nope']"),
+    (["--set", "train.base_model=no_run", "--set", "data.sources.0.path={tmp}"],
+     "train.base_model: {tmp}{sep}no_run is neither a Model artifact"),
 ])
 def test_mistakes_are_one_line_and_exit_2(run_yaml, tmp_path, capsys, extra, message):
     code = main(["run", "--config", str(run_yaml), *(a.format(tmp=tmp_path) for a in extra)])
