@@ -6,9 +6,9 @@ signatures embed the Transform graph.
 method config: ``method``, ``preset``, ``image_size`` ...) and ``train``
 (``epochs``, ``batch_size``, ``seed``, ``deterministic``, ``fit_eval_split``,
 ``backup_dir``). A warm start (``train.base_model``) arrives as the Trainer's
-``base_model`` input and fits from its weights (:func:`base_weights`).
+``base_model`` input and fits from its weights (:func:`models.warm_start.base_weights`).
 ``cfg["datasets"]`` is Transform's dataset vocabulary. Beside the SavedModel the
-Model artifact holds the fitted weights (:data:`WEIGHTS_FILE`, Keras
+Model artifact holds the fitted weights (:data:`models.warm_start.WEIGHTS_FILE`, Keras
 ``.weights.h5``), which a later run can start from (``train.base_model``).
 ``TrainArgs.num_steps`` > 0 caps the steps (spread over the epochs); 0 means full passes. ``epochs: 0``
 exports the untrained model (used to prove the Evaluator refuses to bless it).
@@ -26,21 +26,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import export, inputs, training
+from models.warm_start import base_weights, weights_path
 from models.registry import get_method
 from models.transform_module import DATASET_VOCABULARY
 
 log = logging.getLogger(__name__)
-
-# The fitted training model's weights, relative to the Model artifact's directory.
-WEIGHTS_FILE = os.path.join("Format-Keras", "model.weights.h5")
-# What a warm start's base model must share with the run (the rest may differ).
-ARCHITECTURE_KEYS = ("method", "preset", "image_size")
-
-
-def weights_path(model_uri: str) -> str:
-    """Where a Trainer's Model artifact at ``model_uri`` keeps its fitted weights."""
-    return os.path.join(model_uri, WEIGHTS_FILE)
-
 
 def dataset_vocabulary(tft_output: tft.TFTransformOutput) -> List[str]:
     """The dataset names behind ``dataset_id``, in vocabulary order."""
@@ -60,26 +50,6 @@ def plan_of(train_cfg: Dict[str, Any], log_dir: str, train_steps: int = 0,
                          deterministic=bool(train_cfg.get("deterministic")),
                          backup_dir=train_cfg.get("backup_dir"), log_dir=log_dir, verbose=2,
                          initial_weights=initial_weights)
-
-
-def base_weights(base_model: Optional[str], cfg: Dict[str, Any]) -> Optional[str]:
-    """The ``.weights.h5`` a warm start loads: that of the Trainer's ``base_model``
-    input (``fn_args.base_model``, the base Model artifact's SavedModel folder),
-    or ``None`` without one. Raises ``ValueError`` when the base model is
-    another method, preset or input size than ``cfg`` (its weights would not fit)."""
-    if not base_model:
-        return None
-    base_cfg = export.load_config(base_model)
-    differ = {k: (base_cfg.get(k), cfg.get(k)) for k in ARCHITECTURE_KEYS
-              if base_cfg.get(k) != cfg.get(k)}
-    if differ:
-        raise ValueError(f"train.base_model {base_model} is another network than this run's: "
-                         + ", ".join(f"{k} {a!r} there, {b!r} here"
-                                     for k, (a, b) in differ.items()))
-    path = weights_path(os.path.dirname(base_model.rstrip("/")))
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"train.base_model {base_model}: no fitted weights at {path}")
-    return path
 
 
 def fit_files(train_files: List[str], eval_files: List[str],

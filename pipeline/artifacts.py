@@ -11,14 +11,17 @@ start (``train.base_model``) finds an earlier run's blessed model with
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tfx.components.trainer.fn_args_utils import DataAccessor
-from tfx.components.util import tfxio_utils
-from tfx.types import artifact_utils
-from tfx.types.artifact import Artifact
+
+if TYPE_CHECKING:
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.types.artifact import Artifact
+
+# tfx is imported where it is used: importing it logs Beam's type-hint INFO lines,
+# and `fermtl run` checks train.base_model (below) before its logs go to a file.
 
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
@@ -35,6 +38,8 @@ def latest_outputs(metadata_path: str, node_id: str) -> Dict[str, List[Artifact]
     """Output key -> artifacts of the newest successful (or cached) execution
     of the pipeline node ``node_id`` (e.g. ``"Transform"``): the executions of
     the MLMD ``node`` context ``<pipeline>.<node_id>``."""
+    from tfx.types import artifact_utils
+
     db = store(metadata_path)
     done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
     executions = [e for ctx in db.get_contexts_by_type("node")
@@ -59,6 +64,9 @@ def latest_outputs(metadata_path: str, node_id: str) -> Dict[str, List[Artifact]
 
 def data_accessor(examples: List[Artifact], component: str = "Benchmark") -> DataAccessor:
     """The ``DataAccessor`` the TFX Trainer builds for ``examples`` artifacts."""
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.components.util import tfxio_utils
+
     return DataAccessor(
         tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
             examples, [component]),
@@ -70,6 +78,8 @@ def data_accessor(examples: List[Artifact], component: str = "Benchmark") -> Dat
 
 def split_pattern(examples: List[Artifact], split: str) -> List[str]:
     """File patterns of one split of ``examples`` artifacts."""
+    from tfx.types import artifact_utils
+
     return [f"{uri}/*" for uri in artifact_utils.get_split_uris(examples, split)]
 
 

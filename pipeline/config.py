@@ -248,14 +248,14 @@ def base_model_uri(path: str, cfg: Dict[str, Any]) -> str:
     none or its network is another."""
     from tfx.utils import path_utils
 
-    from models import trainer_module
+    from models import warm_start
     from pipeline import artifacts
 
     if "://" in path:        # object storage (Kubeflow): checked by the Trainer
         return path
     try:
-        uri = artifacts.base_model_uri(path, trainer_module.WEIGHTS_FILE)
-        trainer_module.base_weights(path_utils.serving_model_path(uri), cfg)
+        uri = artifacts.base_model_uri(path, warm_start.WEIGHTS_FILE)
+        warm_start.base_weights(path_utils.serving_model_path(uri), cfg)
     except (LookupError, ValueError) as err:
         raise ConfigError(f"train.base_model: {err}") from None
     return uri

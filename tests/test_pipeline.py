@@ -148,11 +148,11 @@ def test_untrained_model_is_not_blessed_nor_pushed(good_run):
     assert not latest_push(bad.metadata_path)["pushed"]
     assert glob.glob(os.path.join(bad.push_dir, "*", "saved_model.pb")) == pushed_before
     # A warm start from this root takes the blessed model, not this newer one.
-    from models import trainer_module
+    from models import warm_start
     from pipeline import artifacts
 
     (newest,) = artifacts.latest_outputs(bad.metadata_path, "Trainer")["model"]
-    base = artifacts.base_model_uri(bad.pipeline_root, trainer_module.WEIGHTS_FILE)
+    base = artifacts.base_model_uri(bad.pipeline_root, warm_start.WEIGHTS_FILE)
     assert not _is_the_pushed_model(newest.uri, good_run)
     assert base != newest.uri and _is_the_pushed_model(base, good_run)
 
@@ -312,12 +312,12 @@ def _network_weights(model):
 def test_the_model_artifact_keeps_the_fitted_weights(good_run):
     """Beside the SavedModel, the Trainer's Model artifact holds the fitted
     weights, loadable (shapes checked) into a new model of the run's method."""
-    from models import trainer_module, training
+    from models import training, warm_start
     from models.registry import get_method
     from pipeline import artifacts
 
     (model,) = artifacts.latest_outputs(good_run.metadata_path, "Trainer")["model"]
-    path = trainer_module.weights_path(model.uri)
+    path = warm_start.weights_path(model.uri)
     assert os.path.exists(path)
     built = get_method("baseline").build(get_method("baseline").config("small"))
     training.restore(built, path)
@@ -327,13 +327,13 @@ def test_base_model_is_the_latest_blessed_model(good_run):
     """A pipeline root as ``train.base_model`` names the model its Evaluator
     blessed last (the pushed one); a Model artifact folder names itself. That
     it is not merely the newest model: test_untrained_model_is_not_blessed_nor_pushed."""
-    from models import trainer_module
+    from models import warm_start
     from pipeline import artifacts
 
-    uri = artifacts.base_model_uri(good_run.pipeline_root, trainer_module.WEIGHTS_FILE)
+    uri = artifacts.base_model_uri(good_run.pipeline_root, warm_start.WEIGHTS_FILE)
     assert _is_the_pushed_model(uri, good_run)
     (newest,) = artifacts.latest_outputs(good_run.metadata_path, "Trainer")["model"]
-    assert artifacts.base_model_uri(newest.uri, trainer_module.WEIGHTS_FILE) == newest.uri
+    assert artifacts.base_model_uri(newest.uri, warm_start.WEIGHTS_FILE) == newest.uri
 
 
 def test_warm_start_fits_from_the_base_models_weights(good_run, tmp_path):
@@ -341,11 +341,11 @@ def test_warm_start_fits_from_the_base_models_weights(good_run, tmp_path):
     network weights unchanged; without one, a fresh initialisation."""
     from tfx.utils import path_utils
 
-    from models import trainer_module, training
+    from models import training, warm_start
     from models.registry import get_method
     from pipeline import artifacts
 
-    base = artifacts.base_model_uri(good_run.pipeline_root, trainer_module.WEIGHTS_FILE)
+    base = artifacts.base_model_uri(good_run.pipeline_root, warm_start.WEIGHTS_FILE)
     method = get_method("baseline")
     cfg = method.config("small", image_size=48)
     weights = {}
@@ -353,10 +353,10 @@ def test_warm_start_fits_from_the_base_models_weights(good_run, tmp_path):
         _run_trainer_module(good_run, "baseline", {}, tmp_path / name,
                             train={"epochs": 0, "batch_size": 16}, base_model=base_model)
         model = method.build(dict(cfg))
-        training.restore(model, trainer_module.weights_path(str(tmp_path / name)))
+        training.restore(model, warm_start.weights_path(str(tmp_path / name)))
         weights[name] = _network_weights(model)
     model = method.build(dict(cfg))
-    training.restore(model, trainer_module.weights_path(base))
+    training.restore(model, warm_start.weights_path(base))
     expected = _network_weights(model)
     assert weights["warm"].keys() == expected.keys()
     for key, value in expected.items():
