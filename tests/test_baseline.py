@@ -230,3 +230,27 @@ def test_select_best_returns_the_best_validation_epoch_across_a_resume(tmp_path)
     with pytest.raises(ValueError, match="needs eval_examples"):
         training.fit(method, dict(fitted.cfg), training.examples_of(train, fitted.cfg),
                      plan=training.Plan(epochs=1, select_best=str(tmp_path / "s2")))
+
+
+def test_keras_val_accuracy_is_one_when_every_validation_face_is_right():
+    """The ``val_accuracy`` Keras logs (progress bar, History, TensorBoard) on a
+    validation set the model gets all right is 1, not ``k / (k + 1)``: Keras
+    runs one extra, empty validation step when it does not know the step count."""
+    emotions = ("happiness", "surprise")
+    train, test = synthetic_split(n_train=2, n_test=2, size=SIZE, emotions=emotions)
+    val = [s for s in test if s.emotion == contract.EMOTIONS.index("surprise")]
+    surprise = contract.EMOTIONS.index("surprise")
+
+    class Force(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            bias = np.zeros(contract.NUM_EMOTIONS, np.float32)
+            bias[surprise] = 100.0
+            self.model.net.get_layer("logits").bias.assign(bias)
+
+    method = baseline.BaselineCNN()
+    cfg = dict(method.config("small"), datasets=["synth_lab"])
+    plan = training.Plan(epochs=1, batch_size=3, seed=0, callbacks=[Force()])
+    fitted = training.fit(method, cfg, training.examples_of(train, cfg),
+                          training.examples_of(val, cfg), plan)
+    assert len(val) > 3                                     # more than one batch
+    assert fitted.history.history["val_accuracy"] == [1.0]
