@@ -275,5 +275,34 @@ def accuracy_bars(summary: Sequence[Mapping[str, Any]], path,
     return _save(fig, path)
 
 
+def training_curves_plot(history: Mapping[str, Sequence[float]], path,
+                         title: str = "Training curves") -> Optional[str]:
+    """Per epoch, from a Keras ``History.history`` dict: the training and
+    validation loss (left) and the validation accuracy (right, when logged).
+    ``None`` when no epoch was run (nothing to draw)."""
+    loss = list(history.get("loss") or [])
+    if not loss:
+        return None
+    plt = _plt()
+    accuracy = list(history.get("val_accuracy") or [])
+    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(8 if accuracy else 4.2, 3.2),
+                             squeeze=False)
+    epochs = np.arange(1, len(loss) + 1)
+    axes[0, 0].plot(epochs, loss, label="training")
+    if history.get("val_loss"):
+        axes[0, 0].plot(epochs[:len(history["val_loss"])], history["val_loss"],
+                        label="validation")
+    axes[0, 0].set(xlabel="epoch", ylabel="loss")
+    axes[0, 0].legend(fontsize=8)
+    if accuracy:
+        axes[0, 1].plot(epochs[:len(accuracy)], accuracy, color="C1")
+        axes[0, 1].set(xlabel="epoch", ylabel="validation accuracy (Keras, per batch)")
+        axes[0, 1].grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 __all__ = ["present_emotions", "confusion_matrix_plot", "confusion_matrix_figure", "tsne_plot", "trace_norm_rates_plot", "au_per_emotion_plot",
-           "example_faces", "convflu_gate_plot", "synthesis_grid_plot", "accuracy_bars"]
+           "example_faces", "convflu_gate_plot", "synthesis_grid_plot", "accuracy_bars",
+           "training_curves_plot"]

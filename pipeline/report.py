@@ -157,6 +157,7 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
     push = latest_push(os.path.join(root, "metadata.sqlite"))
     facts.append(f"pushed model: `{push['destination']}`" if push["pushed"]
                  else "pushed model: none (not blessed)")
+    hist: Dict = {}
     if found["model_run"] and os.path.exists(os.path.join(found["model_run"], "history.json")):
         with open(os.path.join(found["model_run"], "history.json")) as f:
             hist = json.load(f)
@@ -174,8 +175,15 @@ def write_report(root: str, out_dir: Optional[str] = None) -> str:
             with open(qpath) as f:
                 q = json.load(f)
             facts.append(f"quarantined inputs: {q.get('count', 0)} {q.get('by_reason', {})}")
-    return write_eval_report(found["evaluation"], out_dir or os.path.join(root, "report"),
-                             f"fer-mtl run report: `{root}`", facts)
+    out_dir = out_dir or os.path.join(root, "report")
+    path = write_eval_report(found["evaluation"], out_dir, f"fer-mtl run report: `{root}`",
+                             facts)
+    if figures.training_curves_plot(hist.get("history") or {},
+                                    os.path.join(out_dir, "training_curves.png"),
+                                    title="Trainer: loss and validation accuracy per epoch"):
+        with open(path, "a") as f:
+            f.write("\n## Training\n\n![training curves](training_curves.png)\n")
+    return path
 
 
 def write_eval_report(evaluation_dir: str, out_dir: str, title: str,

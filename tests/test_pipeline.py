@@ -106,8 +106,9 @@ def test_report_has_slices_and_plots(good_run, tmp_path):
     assert "BLESSED" in text and "NOT BLESSED" not in text
     for slice_name in ("overall", "emotion=happiness", "dataset=synth_lab", "domain=wild"):
         assert slice_name in text
-    for png in ("per_class_accuracy.png", "confusion_matrix.png"):
+    for png in ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png"):
         assert os.path.getsize(os.path.join(tmp_path, png)) > 1000
+        assert f"]({png})" in text
     # Per-class recall (argmax-based) equals the accuracy on that class's slice.
     import json
 
