@@ -10,8 +10,8 @@ method config: ``method``, ``preset``, ``image_size`` ...) and ``train``
 ``cfg["datasets"]`` is Transform's dataset vocabulary. Beside the SavedModel the
 Model artifact holds the fitted weights (:data:`models.warm_start.WEIGHTS_FILE`, Keras
 ``.weights.h5``), which a later run can start from (``train.base_model``).
-``TrainArgs.num_steps`` > 0 caps the steps (spread over the epochs); 0 means full passes. ``epochs: 0``
-exports the untrained model (used to prove the Evaluator refuses to bless it).
+``TrainArgs.num_steps`` > 0 caps the steps (spread over the epochs); 0 means full
+passes. ``epochs: 0`` exports the untrained model (used to prove the Evaluator refuses to bless it).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import export, inputs, training
-from models.warm_start import base_weights, weights_path
+from models.warm_start import base_weights, weights_beside
 from models.registry import get_method
 from models.transform_module import DATASET_VOCABULARY
 
 log = logging.getLogger(__name__)
+
 
 def dataset_vocabulary(tft_output: tft.TFTransformOutput) -> List[str]:
     """The dataset names behind ``dataset_id``, in vocabulary order."""
@@ -90,7 +91,7 @@ def run_fn(fn_args) -> None:
 
     export.export_saved_model(method, fitted.model, cfg, fn_args.serving_model_dir,
                               preprocess=preprocess, extra_trackables={"tft_layer": tft_layer})
-    weights = weights_path(os.path.dirname(fn_args.serving_model_dir.rstrip("/")))
+    weights = weights_beside(fn_args.serving_model_dir)
     os.makedirs(os.path.dirname(weights), exist_ok=True)
     fitted.model.save_weights(weights)
     if plan.backup_dir and tf.io.gfile.exists(plan.backup_dir):   # exported: nothing to resume

@@ -274,8 +274,9 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
         # With its step count given, Keras runs no extra, empty validation step at the
         # end of the data (that step adds a 0 to every logged mean: val_accuracy 6/7 on
         # a set the model gets all right).
-        eval_ds = inputs.batches(eval_examples, batch_size)
+        eval_examples = eval_examples.cache()      # the count's pass fills the cache
         eval_steps = max(1, math.ceil(inputs.count(eval_examples) / batch_size))
+        eval_ds = inputs.batches(eval_examples, batch_size, cache=False)
 
     strategy = distribution_strategy()
     with strategy.scope():
@@ -288,7 +289,7 @@ def fit(method: Union[str, Method], cfg: Dict[str, Any], train_examples: tf.data
         if eval_examples is None:
             raise ValueError("Plan.select_best needs eval_examples to select on")
         os.makedirs(plan.select_best, exist_ok=True)
-        held_out = eval_examples.cache()
+        held_out = eval_examples                  # cached above
         cbs.append(SelectBest(plan.select_best, lambda m: evaluate(
             method, m, cfg, held_out, batch_size)["accuracy"]))
     if plan.backup_dir:

@@ -25,6 +25,12 @@ def weights_path(model_uri: str) -> str:
     return os.path.join(model_uri, WEIGHTS_FILE)
 
 
+def weights_beside(serving_model_dir: str) -> str:
+    """:func:`weights_path` of the Model artifact whose SavedModel folder is
+    ``serving_model_dir`` (``<artifact>/Format-Serving``, TFX's layout)."""
+    return weights_path(os.path.dirname(serving_model_dir.rstrip("/")))
+
+
 def base_weights(base_model: Optional[str], cfg: Dict[str, Any]) -> Optional[str]:
     """The ``.weights.h5`` a warm start loads: that of the Trainer's ``base_model``
     input (``fn_args.base_model``, the base Model artifact's SavedModel folder),
@@ -39,7 +45,7 @@ def base_weights(base_model: Optional[str], cfg: Dict[str, Any]) -> Optional[str
         raise ValueError(f"train.base_model {base_model} is another network than this run's: "
                          + ", ".join(f"{k} {a!r} there, {b!r} here"
                                      for k, (a, b) in differ.items()))
-    path = weights_path(os.path.dirname(base_model.rstrip("/")))
+    path = weights_beside(base_model)
     if not tf.io.gfile.exists(path):
         raise ValueError(f"train.base_model {base_model}: no fitted weights at {path}")
     return path
